@@ -1,0 +1,254 @@
+"""DDIM and the DPM-Solver family (Lu et al. 2022, NeurIPS), written in lambda = log(alpha/sigma).
+
+With h = lambda_t - lambda_s, the exact PF-ODE solution is
+  x_t = (alpha_t / alpha_s) x_s - alpha_t * int_{lambda_s}^{lambda_t} e^{-lambda} eps(x_lambda) dlambda,
+and the solvers Taylor-expand eps in lambda. All coefficients are float64 `expm1` forms.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .model import Model
+from .registry import SolverSpec, register, steps_every
+
+
+class _Times:
+    """log alpha, sigma and lambda at given times, as float64 Python floats."""
+
+    def __init__(self, schedule, t):
+        t = torch.as_tensor(t, dtype=torch.float64)
+        self.t = t.tolist()
+        self.log_alpha = schedule.log_alpha(t).tolist()
+        self.sigma = schedule.sigma(t).tolist()
+        self.lam = schedule.lambda_(t).tolist()
+
+
+def _point(schedule, lam: float) -> tuple[float, float, float]:
+    """(t, log alpha, sigma) at log-SNR `lam`."""
+    t = schedule.t_of_lambda(torch.tensor(lam, dtype=torch.float64))
+    return float(t), float(schedule.log_alpha(t)), float(schedule.sigma(t))
+
+
+# --- single updates s -> t (eps_s may be given to reuse an evaluation) --------------------
+
+
+def first_update(model: Model, x, s, t, eps_s=None):
+    """DPM-Solver-1 = DDIM (eta=0): x_t = (alpha_t/alpha_s) x_s - sigma_t expm1(h) eps_s. Order 1, 1 NFE."""
+    sched = model.schedule
+    la_s, la_t = float(sched.log_alpha(s)), float(sched.log_alpha(t))
+    h = float(sched.lambda_(t)) - float(sched.lambda_(s))
+    sig_t = float(sched.sigma(t))
+    if eps_s is None:
+        eps_s = model.eps(x, s)
+    return math.exp(la_t - la_s) * x - (sig_t * math.expm1(h)) * eps_s
+
+
+def second_update(model: Model, x, s, t, r1=0.5, eps_s=None, return_mid=False):
+    """DPM-Solver-2 (Algorithm 1 of the paper) with midpoint at lambda_s + r1 h. Order 2, 2 NFE."""
+    sched = model.schedule
+    la_s, la_t = float(sched.log_alpha(s)), float(sched.log_alpha(t))
+    lam_s, lam_t = float(sched.lambda_(s)), float(sched.lambda_(t))
+    sig_t = float(sched.sigma(t))
+    h = lam_t - lam_s
+    s1, la_1, sig_1 = _point(sched, lam_s + r1 * h)
+    if eps_s is None:
+        eps_s = model.eps(x, s)
+    u1 = math.exp(la_1 - la_s) * x - (sig_1 * math.expm1(r1 * h)) * eps_s
+    eps_1 = model.eps(u1, s1)
+    phi = math.expm1(h)
+    x_t = math.exp(la_t - la_s) * x - (sig_t * phi) * eps_s - (0.5 / r1 * sig_t * phi) * (eps_1 - eps_s)
+    return (x_t, eps_s, eps_1) if return_mid else x_t
+
+
+def third_update(model: Model, x, s, t, r1=1.0 / 3.0, r2=2.0 / 3.0, eps_s=None, eps_1=None):
+    """DPM-Solver-3 (Algorithm 2 of the paper), intermediate points at r1 h and r2 h. Order 3, 3 NFE."""
+    sched = model.schedule
+    la_s, la_t = float(sched.log_alpha(s)), float(sched.log_alpha(t))
+    lam_s, lam_t = float(sched.lambda_(s)), float(sched.lambda_(t))
+    sig_t = float(sched.sigma(t))
+    h = lam_t - lam_s
+    s1, la_1, sig_1 = _point(sched, lam_s + r1 * h)
+    s2, la_2, sig_2 = _point(sched, lam_s + r2 * h)
+    if eps_s is None:
+        eps_s = model.eps(x, s)
+    if eps_1 is None:
+        u1 = math.exp(la_1 - la_s) * x - (sig_1 * math.expm1(r1 * h)) * eps_s
+        eps_1 = model.eps(u1, s1)
+    phi_2 = math.expm1(r2 * h)
+    u2 = (math.exp(la_2 - la_s) * x - (sig_2 * phi_2) * eps_s
+          - (sig_2 * r2 / r1 * (phi_2 / (r2 * h) - 1.0)) * (eps_1 - eps_s))
+    eps_2 = model.eps(u2, s2)
+    phi = math.expm1(h)
+    return (math.exp(la_t - la_s) * x - (sig_t * phi) * eps_s
+            - (sig_t / r2 * (phi / h - 1.0)) * (eps_2 - eps_s))
+
+
+# --- DDIM ---------------------------------------------------------------------------------
+
+
+def ddim(model: Model, x, grid, nfe=None, generator=None, eta: float = 0.0):
+    """DDIM (Song et al. 2021, eq. 12). eta=0: deterministic, order 1; eta=1: DDPM ancestral. 1 NFE/step.
+
+    Written in alpha, sigma: x_t = alpha_t x0 + sqrt(sigma_t^2 - c^2) eps + c z with
+    c = eta sigma_t sqrt(1 - e^{-2h}), which is DDIM's sigma_t for VP and extends to any schedule.
+    """
+    from .noise import randn_like
+
+    tt = _Times(model.schedule, grid)
+    for i in range(len(tt.t) - 1):
+        a_s, a_t = math.exp(tt.log_alpha[i]), math.exp(tt.log_alpha[i + 1])
+        s_s, s_t = tt.sigma[i], tt.sigma[i + 1]
+        eps = model.eps(x, tt.t[i])
+        x0 = (x - s_s * eps) / a_s
+        if eta == 0:
+            x = a_t * x0 + s_t * eps
+        else:
+            c = eta * s_t * math.sqrt(-math.expm1(-2.0 * (tt.lam[i + 1] - tt.lam[i])))
+            c = min(c, s_t)
+            x = a_t * x0 + math.sqrt(s_t * s_t - c * c) * eps + c * randn_like(x, generator)
+    return x
+
+
+def _check_eta(opts):
+    eta = opts["eta"]
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+
+
+# --- singlestep DPM-Solver ----------------------------------------------------------------
+
+
+def singlestep_orders(order: int, nfe: int) -> list[int]:
+    """The order of each step for a budget of `nfe` evaluations, as the reference DPM-Solver splits it."""
+    if order == 3:
+        k = nfe // 3 + 1
+        tail = {0: [2, 1], 1: [1], 2: [2]}[nfe % 3]
+        return [3] * (k - len(tail)) + tail
+    if order == 2:
+        return [2] * (nfe // 2) + [1] * (nfe % 2)
+    return [1] * nfe
+
+
+def _singlestep(order: int):
+    updates = {1: first_update, 2: second_update, 3: third_update}
+
+    def solve(model: Model, x, grid, nfe, generator=None):
+        times = grid.tolist()
+        for i, o in enumerate(singlestep_orders(order, nfe)):
+            x = updates[o](model, x, times[i], times[i + 1])
+        return x
+
+    solve.__name__ = f"dpm_solver_{order}"
+    solve.__doc__ = f"Singlestep DPM-Solver-{order} (Lu et al. 2022); order {order}, {order} NFE per full step."
+    return solve
+
+
+# --- multistep DPM-Solver -----------------------------------------------------------------
+
+
+def _multistep(order: int):
+    def solve(model: Model, x, grid, nfe, generator=None, lower_order_final: bool = True):
+        tt = _Times(model.schedule, grid)
+        steps = len(tt.t) - 1
+        eps_hist: list = []  # eps at the previous grid points, newest last
+        for i in range(steps):
+            eps_hist = (eps_hist + [model.eps(x, tt.t[i])])[-order:]
+            o = min(order, i + 1)
+            if lower_order_final and steps < 10:
+                o = min(o, steps - i)  # DPM-Solver's advice for very few steps
+            x = _multistep_update(tt, i, x, eps_hist[-o:])
+        return x
+
+    solve.__name__ = f"dpm_solver_{order}m"
+    solve.__doc__ = (f"Multistep DPM-Solver-{order} (Lu et al. 2022, App. B), warming up with lower orders; "
+                     f"order {order}, 1 NFE per step.")
+    return solve
+
+
+def _multistep_update(tt: _Times, i: int, x, eps):
+    """Step grid[i] -> grid[i+1] from eps at grid[i - len(eps) + 1 .. i] (newest last)."""
+    lam, t1 = tt.lam, i + 1
+    h = lam[t1] - lam[i]
+    phi = math.expm1(h)
+    sig_t = tt.sigma[t1]
+    x = math.exp(tt.log_alpha[t1] - tt.log_alpha[i]) * x - (sig_t * phi) * eps[-1]
+    if len(eps) == 2:
+        r0 = (lam[i] - lam[i - 1]) / h
+        x = x - (0.5 * sig_t * phi / r0) * (eps[-1] - eps[-2])
+    elif len(eps) == 3:
+        r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
+        d1_0, d1_1 = (eps[-1] - eps[-2]) / r0, (eps[-2] - eps[-3]) / r1
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        x = x - (sig_t * (phi / h - 1.0)) * d1 - (sig_t * ((phi - h) / h**2 - 0.5)) * d2
+    return x
+
+
+# --- adaptive DPM-Solver-12 / -23 ---------------------------------------------------------
+
+
+def dpm_solver_adaptive(model: Model, x, grid, nfe=None, generator=None, order: int = 3, rtol: float = 0.05,
+                        atol: float = 0.0078, h_init: float = 0.05, theta: float = 0.9):
+    """Adaptive DPM-Solver-12 / -23 (Lu et al. 2022, Algorithm 4): embedded pair with step control in lambda.
+
+    A step of size h is accepted when E = max over samples of RMS((x_high - x_low) / delta) <= 1 with
+    delta = max(atol, rtol * max(|x_low|, |x|)); the next h = theta h E^(-1/order). The evaluation at
+    the step start is reused across rejections. Returns the samples and the accepted times.
+    """
+    sched = model.schedule
+    t_s, t_end = float(grid[0]), float(grid[-1])
+    lam_s, lam_end = float(sched.lambda_(t_s)), float(sched.lambda_(t_end))
+    accepted, h, eps_s = [t_s], h_init, None
+    while lam_s < lam_end:
+        last = h >= lam_end - lam_s
+        h = min(h, lam_end - lam_s)
+        t = t_end if last else float(sched.t_of_lambda(torch.tensor(lam_s + h, dtype=torch.float64)))
+        if eps_s is None:
+            eps_s = model.eps(x, t_s)
+        if order == 2:
+            x_low = first_update(model, x, t_s, t, eps_s=eps_s)
+            x_high = second_update(model, x, t_s, t, r1=0.5, eps_s=eps_s)
+        else:
+            x_low, _, eps_1 = second_update(model, x, t_s, t, r1=1.0 / 3.0, eps_s=eps_s, return_mid=True)
+            x_high = third_update(model, x, t_s, t, eps_s=eps_s, eps_1=eps_1)
+        delta = torch.maximum(torch.full_like(x, atol), rtol * torch.maximum(x_low.abs(), x.abs()))
+        err = float(((x_high - x_low) / delta).flatten(1).pow(2).mean(1).sqrt().max())
+        if err <= 1.0:
+            x, t_s, lam_s, eps_s = x_high, t, lam_s + h, None
+            accepted.append(t)
+            if last:
+                break
+        h = theta * h * max(err, 1e-10) ** (-1.0 / order)
+    return x, torch.tensor(accepted, dtype=torch.float64)
+
+
+def _check_adaptive(opts):
+    if opts["order"] not in (2, 3):
+        raise ValueError(f"order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {opts['order']!r}")
+    for k in ("rtol", "atol", "h_init", "theta"):
+        v = opts[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"{k} must be a positive number, got {v!r}")
+
+
+# --- registry entries ---------------------------------------------------------------------
+
+
+def _steps_singlestep(order: int):
+    return lambda nfe: len(singlestep_orders(order, nfe))
+
+
+register(SolverSpec("ddim", ddim, "ode", 1, "logsnr", 1, steps_every(1), options={"eta": 0.0},
+                    check_options=_check_eta, description="DDIM; eta=0 deterministic, eta=1 DDPM ancestral"))
+for _o in (1, 2, 3):
+    register(SolverSpec(f"dpm_solver_{_o}", _singlestep(_o), "ode", _o, "logsnr", _o if _o == 1 else None,
+                        _steps_singlestep(_o), description=f"singlestep DPM-Solver-{_o}"))
+for _o in (2, 3):
+    register(SolverSpec(f"dpm_solver_{_o}m", _multistep(_o), "ode", _o, "logsnr", 1, steps_every(1),
+                        options={"lower_order_final": True}, description=f"multistep DPM-Solver-{_o}"))
+register(SolverSpec("dpm_solver_adaptive", dpm_solver_adaptive, "ode", 3, "logsnr", None, None,
+                    valid_nfe="adaptive: set rtol/atol", options={"order": 3, "rtol": 0.05, "atol": 0.0078,
+                                                                  "h_init": 0.05, "theta": 0.9},
+                    check_options=_check_adaptive, description="adaptive DPM-Solver-12/23 with error control"))

@@ -1,0 +1,124 @@
+"""One model interface: wraps a network `fn(x, t)` and hands every solver the form it needs.
+
+x_t = alpha x_0 + sigma eps. A network predicts one of
+  eps    the noise,                       score = -eps / sigma
+  score  grad log p_t(x),                 eps   = -sigma * score
+  x0     the clean data,                  eps   = (x - alpha x0) / sigma
+  v      alpha eps - sigma x0 (Salimans & Ho 2022), inverted for any alpha, sigma.
+All conversions live here; solvers never branch on the prediction kind.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .schedules import Schedule
+
+PREDICTIONS = ("eps", "score", "x0", "v")
+
+
+class ModelOutputError(RuntimeError):
+    """The network returned a wrong shape or non-finite values at time `t`."""
+
+    def __init__(self, message: str, t: float):
+        super().__init__(message)
+        self.t = t
+
+
+class Model:
+    """A network plus its schedule and prediction kind; counts evaluations in `nfe`.
+
+    `fn(x, t)` takes x of shape (B, ...) and t of shape (B,) in the schedule's continuous time.
+    """
+
+    def __init__(self, fn, schedule: Schedule, prediction: str = "eps", check_outputs: bool = True):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a solvers Schedule, got {type(schedule).__name__}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
+        self.fn = fn
+        self.schedule = schedule
+        self.prediction = prediction
+        self.check_outputs = check_outputs
+        self.nfe = 0
+        self.model_time_s = 0.0  # wall-clock spent inside fn (synchronised on CUDA)
+        self.timing = False
+
+    def __repr__(self) -> str:
+        return f"Model(prediction={self.prediction!r}, schedule={self.schedule!r}, nfe={self.nfe})"
+
+    def reset(self) -> None:
+        self.nfe = 0
+        self.model_time_s = 0.0
+
+    def coefficients(self, t: float) -> tuple[float, float]:
+        """(alpha(t), sigma(t)) as Python floats computed in float64."""
+        return float(self.schedule.alpha(t)), float(self.schedule.sigma(t))
+
+    # --- the one place that calls the network ------------------------------------------
+    def raw(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        tb = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        if self.timing:
+            _sync(x)
+            start = time.perf_counter()
+        out = self.fn(x, tb)
+        if self.timing:
+            _sync(x)
+            self.model_time_s += time.perf_counter() - start
+        self.nfe += 1
+        if self.check_outputs:
+            if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ModelOutputError(
+                    f"model output has shape {got}, expected {tuple(x.shape)} (evaluation {self.nfe} at t={float(t):.6g})", float(t))
+            if not torch.isfinite(out).all():
+                raise ModelOutputError(
+                    f"model returned NaN/Inf (evaluation {self.nfe} at t={float(t):.6g})", float(t))
+        return out.to(x.dtype)
+
+    # --- forms --------------------------------------------------------------------------
+    def eps(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        out = self.raw(x, t)
+        a, s = self.coefficients(t)
+        if self.prediction == "eps":
+            return out
+        if self.prediction == "score":
+            return -s * out
+        if self.prediction == "x0":
+            return (x - a * out) / s
+        return (s * x + a * out) / (a * a + s * s)
+
+    def x0(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        out = self.raw(x, t)
+        a, s = self.coefficients(t)
+        if self.prediction == "eps":
+            return (x - s * out) / a
+        if self.prediction == "score":
+            return (x + s * s * out) / a
+        if self.prediction == "x0":
+            return out
+        return (a * x - s * out) / (a * a + s * s)
+
+    def score(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        if self.prediction == "score":
+            return self.raw(x, t)
+        return self.eps(x, t) / -float(self.schedule.sigma(t))
+
+    def ode_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Probability-flow ODE: dx/dt = f(t) x - g(t)^2 / 2 * score = f x + g^2 / (2 sigma) eps."""
+        f, g2, s = float(self.schedule.f(t)), float(self.schedule.g2(t)), float(self.schedule.sigma(t))
+        return f * x + (0.5 * g2 / s) * self.eps(x, t)
+
+    def sde_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Reverse-time SDE drift (in t): f(t) x - g(t)^2 score = f x + g^2 / sigma eps."""
+        f, g2, s = float(self.schedule.f(t)), float(self.schedule.g2(t)), float(self.schedule.sigma(t))
+        return f * x + (g2 / s) * self.eps(x, t)
+
+
+def _sync(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+

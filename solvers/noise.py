@@ -1,0 +1,33 @@
+"""Gaussian noise from explicit generators.
+
+`generator` may be None (torch's global generator), one `torch.Generator`, or a sequence of
+generators, one per sample along the first dimension. With one generator per sample a sample
+does not depend on the batch it was drawn in (EDM draws every image from its own seed).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def per_sample_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
+    """One generator per sample, seeded with `seeds[i]`."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def randn(shape, generator=None, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    shape = tuple(shape)
+    if generator is None or isinstance(generator, torch.Generator):
+        gen_device = generator.device if generator is not None else device
+        z = torch.randn(shape, generator=generator, dtype=dtype, device=gen_device)
+        return z.to(device)
+    gens = list(generator)
+    if not shape or len(gens) != shape[0]:
+        raise ValueError(f"got {len(gens)} per-sample generators for a batch of shape {shape}")
+    rows = [torch.randn(shape[1:], generator=g, dtype=dtype, device=g.device) for g in gens]
+    return torch.stack(rows).to(device)
+
+
+def randn_like(x: torch.Tensor, generator=None) -> torch.Tensor:
+    return randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
