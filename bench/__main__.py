@@ -1,0 +1,31 @@
+"""`python -m bench COMMAND ...`: list and train reference models, run sweeps, make reports, check baselines."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module defining add_<command>_arguments(parser) and main_<command>(args) -> exit code, help)
+COMMANDS = {
+    "list": ("bench.models_cmd", "list the reference models"),
+    "train": ("bench.models_cmd", "train a reference model into the model cache"),
+    "run": ("bench.run", "sweep models x solvers x NFE x seeds and record quality, error and cost"),
+    "report": ("bench.report", "make the comparison report of one or more run directories"),
+    "baseline": ("bench.baseline", "compare solver accuracy with results/baselines (or --update them)"),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_, description=help_)
+        getattr(mod, f"add_{name}_arguments")(p)
+    args = parser.parse_args(argv)
+    mod = importlib.import_module(COMMANDS[args.command][0])
+    return int(getattr(mod, f"main_{args.command}")(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
