@@ -16,12 +16,14 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_) in COMMANDS.items():
-        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_, description=help_)
-        getattr(mod, f"add_{name}_arguments")(p)
+        if name == chosen:  # import only the module of the command asked for
+            getattr(importlib.import_module(module), f"add_{name}_arguments")(p)
     args = parser.parse_args(argv)
     mod = importlib.import_module(COMMANDS[args.command][0])
     return int(getattr(mod, f"main_{args.command}")(args) or 0)
