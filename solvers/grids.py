@@ -18,7 +18,7 @@ def uniform(schedule: Schedule, steps: int, t_start: float, t_end: float) -> tor
 def logsnr(schedule: Schedule, steps: int, t_start: float, t_end: float) -> torch.Tensor:
     """Uniform in lambda = log(alpha/sigma) (DPM-Solver's 'logSNR')."""
     lam = torch.linspace(float(schedule.lambda_(t_start)), float(schedule.lambda_(t_end)), steps + 1, dtype=_F64)
-    return _pin_ends(schedule.t_of_lambda(lam), t_start, t_end)
+    return schedule.t_of_lambda(lam)
 
 
 def quadratic(schedule: Schedule, steps: int, t_start: float, t_end: float) -> torch.Tensor:
@@ -31,16 +31,10 @@ def karras(schedule: Schedule, steps: int, t_start: float, t_end: float, rho: fl
     smax, smin = math.exp(-float(schedule.lambda_(t_start))), math.exp(-float(schedule.lambda_(t_end)))
     ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=_F64)
     s = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
-    return _pin_ends(schedule.t_of_lambda(-torch.log(s)), t_start, t_end)
+    return schedule.t_of_lambda(-torch.log(s))
 
 
 GRIDS = {"uniform": uniform, "logsnr": logsnr, "quadratic": quadratic, "karras": karras}
-
-
-def _pin_ends(t: torch.Tensor, t_start: float, t_end: float) -> torch.Tensor:
-    t = t.clone()
-    t[0], t[-1] = t_start, t_end
-    return t
 
 
 def check_interval(schedule: Schedule, t_start: float, t_end: float) -> None:
@@ -58,7 +52,8 @@ def make_grid(schedule: Schedule, timesteps, steps: int, t_start: float, t_end: 
         if timesteps not in GRIDS:
             raise ValueError(f"unknown timesteps {timesteps!r}; valid: {', '.join(GRIDS)} or a tensor of times")
         check_interval(schedule, t_start, t_end)
-        grid = GRIDS[timesteps](schedule, steps, float(t_start), float(t_end))
+        grid = GRIDS[timesteps](schedule, steps, float(t_start), float(t_end)).clone()
+        grid[0], grid[-1] = t_start, t_end  # exact ends, whatever the round-off of the mapping
     else:
         grid = torch.as_tensor(timesteps, dtype=_F64).flatten().cpu()
         if grid.numel() != steps + 1:
