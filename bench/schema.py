@@ -55,5 +55,5 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
     """Columns in schema order with schema dtypes; extra columns are kept after them."""
     out = df.copy()
     for c, t in COLUMNS.items():
-        out[c] = out[c].astype(t) if c in out else pd.Series(pd.NA, index=out.index).astype(t)
+        out[c] = out[c].astype(t) if c in out else pd.Series([None] * len(out), index=out.index, dtype=object).astype(t)
     return out[list(COLUMNS) + [c for c in out.columns if c not in COLUMNS]]
