@@ -1,0 +1,229 @@
+"""`python -m bench report` on synthetic run tables whose errors follow known slopes."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bench import orders, plots, report
+from bench.__main__ import main as bench_main
+from bench.schema import conform
+
+NFES = [6, 12, 24, 48, 96]
+SEEDS = [0, 1, 2]
+# solver -> (kind, declared order, true slope of the synthetic error); 3m is deliberately below its order.
+SOLVERS = {"ddim": ("ode", 1, 1.0), "dpm_solver_2": ("ode", 2, 2.0), "dpm_solver_3": ("ode", 3, 3.0),
+           "dpm_solver_3m": ("ode", 3, 2.1), "euler": ("ode", 1, 1.0), "heun": ("ode", 2, 2.0),
+           "rk45": ("ode", 5, None), "euler_maruyama": ("sde", 1, None), "pc": ("sde", 1, None)}
+MODELS = {"gmm2d": "nll_gap", "moons": "swd", "digits": "fid"}
+
+
+def synthetic_rows(run_id: str = "run-a", worse: dict | None = None, models=tuple(MODELS)) -> pd.DataFrame:
+    """A table shaped like a real run: error = C NFE^-p (1 + 2/NFE^2) e^(0.02 z); quality = floor + C' NFE^-p'."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for m, (model, metric) in enumerate(MODELS.items()):
+        if model not in models:
+            continue
+        for s, (solver, (kind, order, slope)) in enumerate(SOLVERS.items()):
+            for nfe in ([None] if solver == "rk45" else NFES):
+                for seed in SEEDS:
+                    used = 140 + 10 * seed if nfe is None else nfe
+                    r = dict(run_id=run_id, model=model, schedule="vp", prediction="eps", solver=solver, kind=kind,
+                             order=float(order), nfe=nfe, nfe_used=used, steps=used, seed=seed, timesteps="logsnr",
+                             options="{}", samples=256, device="cpu", status="ok", message="",
+                             wall_s=2e-3 * used * (1 + 0.3 * s) + 0.01, model_s=2e-3 * used)
+                    if kind == "ode" and nfe is not None:
+                        r["error_rmse"] = (0.5 + m) * nfe ** -slope * (1 + 2 / nfe**2) * math.exp(0.02 * rng.normal())
+                        r["error_max"] = 3 * r["error_rmse"]
+                    elif kind == "ode":
+                        r["error_rmse"] = r["error_max"] = 1e-6
+                    p = 0.7 if kind == "sde" else min(order, 3)
+                    q = (0.02 + 0.3 * (12 if nfe is None else nfe) ** -p) * (1 + 0.01 * rng.normal())
+                    q *= (worse or {}).get(solver, 1.0)
+                    if metric == "nll_gap":
+                        r["nll_gap"], r["swd"], r["mmd"] = -q, 2 * q, q / 10
+                    elif metric == "swd":
+                        r["swd"], r["mmd"] = q, q / 10
+                    else:
+                        r["fid"], r["kid"] = 100 * q, q / 10
+                    rows.append(r)
+    rows.append(dict(run_id=run_id, model=models[-1], schedule="vp", prediction="eps", solver="dpm_solver_3",
+                     kind="ode", nfe=7, nfe_used=None, seed=0, status="skipped",
+                     message="solver 'dpm_solver_3' needs an NFE budget that is a multiple of 3"))
+    rows.append(dict(run_id=run_id, model=models[0], schedule="vp", prediction="eps", solver="euler", kind="ode",
+                     nfe=3, nfe_used=None, seed=1, status="failed",
+                     message="ModelOutputError: euler, step 2 of 3: model returned NaN"))
+    return conform(pd.DataFrame(rows))
+
+
+def write_run(path, rows: pd.DataFrame, run_id: str):
+    path.mkdir(parents=True, exist_ok=True)
+    rows.to_parquet(path / "results.parquet")
+    rows.to_csv(path / "results.csv", index=False)
+    (path / "manifest.json").write_text(json.dumps({
+        "run_id": run_id, "created": "2025-01-01T00:00:00Z", "command": "python -m bench run --nfe 6,12,24,48,96",
+        "config": {"nfe": NFES, "seeds": SEEDS, "samples": 256}, "git_commit": "0123abc",
+        "versions": {"torch": "2.5.0", "numpy": "2.0"}, "device": "cpu (synthetic)"}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    a = write_run(root / "a", synthetic_rows("run-a"), "run-a")
+    # a one-model pair for the comparison and the CLI tests, which then draw few figures
+    small = [write_run(root / f"small-{k}", synthetic_rows(f"run-{k}", worse, models=("digits",)), f"run-{k}")
+             for k, worse in (("a", None), ("b", {"heun": 1.3, "dpm_solver_2": 0.8}))]
+    return a, *small
+
+
+@pytest.fixture(scope="module")
+def single(runs):
+    html = report.make_report([runs[0]])
+    return html, html.parent
+
+
+def test_report_files_and_every_png_has_content(single):
+    html, out = single
+    assert html == out / "report.html" and out == html.parent and out.name == "report"
+    pngs = sorted(out.glob("*.png"))
+    # 3 models x (quality, error, quality-vs-time) + overhead
+    assert len(pngs) == 3 * 3 + 1
+    text, md = html.read_text(), (out / "report.md").read_text()
+    assert text.count("src='data:image/png;base64,") == len(pngs) and "<img src='" not in text
+    for png in pngs:
+        assert f"]({png.name})" in md
+        with Image.open(png) as im:
+            im.verify()
+        with Image.open(png) as im:
+            pixels = np.asarray(im.convert("L"), dtype=float)
+        assert min(pixels.shape) > 200 and pixels.std() > 10, f"{png.name} looks blank"
+        assert (pixels < 128).mean() > 0.005, f"{png.name} has almost no ink"
+
+
+def test_order_table_slopes_match_known_and_direct_fit(runs):
+    rows = report.load_run(runs[0]).rows.assign(group=lambda d: d["model"], run="a")
+    tab = orders.order_table(rows, by=("group",))
+    assert set(tab["solver"]) == {s for s, (k, _, p) in SOLVERS.items() if k == "ode" and p is not None}
+    for _, r in tab.iterrows():
+        g = rows[(rows["group"] == r["group"]) & (rows["solver"] == r["solver"]) & (rows["status"] == "ok")]
+        # direct computation: geometric mean over seeds, NFE >= 96 / 8, least squares in log-log
+        mean = np.log(g["error_rmse"].astype(float)).groupby(g["nfe"].astype(float)).mean()
+        mean = mean[mean.index >= 12]
+        direct = -np.polyfit(np.log(mean.index.to_numpy()), mean.to_numpy(), 1)[0]
+        assert r["measured"] == pytest.approx(direct, abs=1e-9)
+        assert r["measured"] == pytest.approx(SOLVERS[r["solver"]][2], abs=0.05)
+        assert r["nfe_range"] == "12–96" and r["points"] == 4
+        assert r["mark"] == ("warn (low)" if r["solver"] == "dpm_solver_3m" else "pass")
+
+
+def test_order_table_in_report(single):
+    md = (single[1] / "report.md").read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("| digits | heun |"))
+    assert "| 2 |" in line and "| pass |" in line
+    assert "warn (low)" in md
+
+
+def test_fit_order_rule():
+    n = np.array([5, 10, 20, 50])
+    assert orders.fit_order(n, 7.0 * n**-2.0) == pytest.approx(2.0, abs=1e-12)
+    # pre-asymptotic small NFE is left out: only the 3 largest (>= 50/8) count
+    err = 1.0 * n**-2.0
+    err[0] = 1.0
+    assert orders.fit_order(n, err) == pytest.approx(2.0, abs=1e-12)
+    # seeds average geometrically; NaN, zero and missing NFE are ignored
+    n2 = np.array([10, 10, 20, 20, 40, 40, 80, np.nan])
+    e2 = np.array([1e-2, 4e-2, 2.5e-3, 1e-2, 6.25e-4, 2.5e-3, 0.0, 1.0])
+    assert orders.fit_order(n2, e2) == pytest.approx(2.0, abs=1e-12)
+    assert math.isnan(orders.fit_order([10, 10], [1.0, 2.0]))
+    x, _ = orders.asymptotic_points(np.arange(1, 65), np.arange(1, 65) ** -1.0)
+    assert x[0] == 8 and x[-1] == 64
+
+
+def test_target_table_smallest_nfe(runs):
+    run = report.load_run(runs[0])
+    rows = run.rows.assign(run=run.label, group=run.rows["model"])
+    metrics = {m: report.headline_metric(rows[rows["group"] == m]) for m in MODELS}
+    assert metrics == MODELS
+    sec = report.target_section(rows, metrics, report.parse_target("1.5x"))
+    tables = [b for b in sec.blocks if isinstance(b, report.Table)]
+    assert len(tables) == 3
+    g = rows[(rows["model"] == "moons") & (rows["status"] == "ok")]
+    mean = g.assign(q=g["swd"]).groupby(["solver", "nfe"])["q"].mean()
+    threshold = g.groupby(["solver", g["nfe"].astype("Float64").fillna(-1)])["swd"].mean().min() * 1.5
+    expect = int(mean["heun"][mean["heun"] <= threshold].index.min())
+    table = tables[1].rows
+    assert next(r for r in table if r[0] == "heun")[1] == str(expect)
+    assert next(r for r in table if r[0] == "euler_maruyama")[1][0] == "not reached"
+    assert report.parse_target("0.05") == ("absolute", 0.05)
+    for bad in ("0.5x", "ten", "-1", "x"):
+        with pytest.raises(report.ReportError, match="1.1x"):
+            report.parse_target(bad)
+
+
+def test_compare_marks_regressions(runs, tmp_path):
+    html = report.make_report(runs[1:], tmp_path / "cmp", formats=("html", "md"))
+    text, md = html.read_text(), (tmp_path / "cmp" / "report.md").read_text()
+    assert "run-b vs run-a" in text
+    # heun's quality is 30% worse in run-b: red cells and a 'worse' sentence; dpm_solver_2 20% better
+    assert "<td class=bad>+30.0%</td>" in text and "<td class=good>-20.0%</td>" in text
+    assert "<p class=bad>heun: worse (median change of the headline metric +30.0% over 5 cells; 5 regressions)" in text
+    assert "dpm_solver_2: better (median change of the headline metric -20.0% over 5 cells; 0 regressions)" in md
+    assert "ddim: unchanged" in md
+    listed = [ln for ln in md.splitlines() if ln.startswith("| digits | ") and ("improved" in ln or "regression" in ln)]
+    assert len(listed) == 10 and all("| heun |" in ln or "| dpm_solver_2 |" in ln for ln in listed)
+    assert all("**regression**" in ln for ln in listed if "| heun |" in ln)
+    ok_cells = (len(SOLVERS) - 1) * len(NFES) + 1
+    assert f"{ok_cells - 10} of {ok_cells} common cells changed by at most 5%" in md
+
+
+def test_failed_skipped_and_provenance(single):
+    md = (single[1] / "report.md").read_text()
+    assert "2 of " in md and "model returned NaN" in md and "multiple of 3" in md
+    assert "| status |" in md and "| **failed** |" in md and "| skipped |" in md
+    for item in ("0123abc", "torch 2.5.0", "cpu (synthetic)", "run-a"):
+        assert item in md
+
+
+def test_solver_colours_fixed():
+    assert plots.solver_colour("heun") == plots.SOLVER_COLOURS["heun"]
+    assert len(set(plots.SOLVER_COLOURS.values())) == len(plots.SOLVER_COLOURS)
+    c = plots.solver_colour("my_new_solver")
+    assert c == plots.solver_colour("my_new_solver") and c.startswith("#") and len(c) == 7
+
+
+def _cli(capsys, *argv):
+    code = bench_main(["report", *map(str, argv)])
+    return code, capsys.readouterr().err
+
+
+def test_cli_bad_input_exits_2(runs, tmp_path, capsys):
+    code, err = _cli(capsys, tmp_path / "nothing")
+    assert code == 2 and "results.parquet" in err and "not found" in err and "Traceback" not in err
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "results.parquet").write_bytes(b"PAR1 this is not parquet")
+    code, err = _cli(capsys, corrupt)
+    assert code == 2 and "cannot read" in err
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    synthetic_rows().drop(columns=["status", "kind"]).to_parquet(partial / "results.parquet")
+    code, err = _cli(capsys, partial)
+    assert code == 2 and "status" in err and "kind" in err and "required" in err
+    code, err = _cli(capsys, runs[0], "--format", "html,pdf", "--out", tmp_path / "o")
+    assert code == 2 and "pdf" in err and "html, md" in err
+    code, err = _cli(capsys, runs[0], "--target", "fast", "--out", tmp_path / "o")
+    assert code == 2 and "--target" in err
+
+
+def test_cli_md_only_and_screenshot_needs_chromium(runs, tmp_path, capsys, monkeypatch):
+    assert bench_main(["report", str(runs[1]), "--format", "md", "--out", str(tmp_path / "md")]) == 0
+    assert (tmp_path / "md" / "report.md").is_file() and not (tmp_path / "md" / "report.html").exists()
+    monkeypatch.setattr(report.shutil, "which", lambda name: None)
+    code, err = _cli(capsys, runs[0], "--out", tmp_path / "s", "--screenshot", tmp_path / "s.png")
+    assert code == 2 and "chromium" in err.lower()
