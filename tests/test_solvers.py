@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from bench.baseline import ORDER_BANDS  # bands of the measured order, by declared order
 from reference_models import GaussianMixture
 from solvers import (Model, ModelOutputError, VESchedule, VPSchedule, get_solver, list_solvers, reference_solution,
                      sample)
 
 F64 = torch.float64
 NFES = [40, 80, 160, 320, 640]
-# Bands of the measured slope of log RMSE vs log NFE, by declared order.
-ORDER_BANDS = {1: (0.8, 1.4), 2: (1.7, 2.4), 3: (2.6, 3.5)}
 FIXED_ODE = [n for n in list_solvers("ode") if not get_solver(n).adaptive]
 
 

@@ -1,0 +1,165 @@
+"""The baseline comparison catches small solver changes, passes improvements, and stores numbers exactly.
+
+Fast: a few cells on gmm2d, plus synthetic tables. The full comparison is tests/test_regression.py.
+"""
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import baseline as B
+from bench.__main__ import main as bench_main
+from solvers import get_solver, list_solvers, make_grid, sample
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return B.Problem("gmm2d", "vp")
+
+
+def measured(problem, solver, nfe, run=sample, options=()):
+    stochastic = get_solver(solver).stochastic(dict(options))
+    with B.single_thread():
+        return B.table(B.measure_cell(problem, B.Cell("gmm2d", "vp", solver, tuple(options), nfe, stochastic), run))
+
+
+def perturbed_output(*args, **kwargs):
+    return sample(*args, **kwargs) * (1 + 1e-4)
+
+
+def swap_steps(grid: torch.Tensor, i: int) -> torch.Tensor:
+    """The same grid with steps i and i + 1 taken in the other order (same ends, still decreasing)."""
+    d = torch.diff(grid)
+    d[[i, i + 1]] = d[[i + 1, i]]
+    return torch.cat([grid[:1], grid[0] + torch.cumsum(d, 0)])
+
+
+def swapped_grid(model, x_T, solver, nfe=None, **kwargs):
+    spec = get_solver(solver)
+    steps = spec.steps_for_nfe(nfe, spec.resolve_options({}))
+    grid = make_grid(model.schedule, spec.default_grid, steps, model.schedule.T, model.schedule.default_t_end)
+    return sample(model, x_T, solver, nfe=nfe, timesteps=swap_steps(grid, steps // 2), **kwargs)
+
+
+@pytest.mark.parametrize("change", [perturbed_output, swapped_grid], ids=["output*(1+1e-4)", "swap two steps"])
+def test_small_change_of_a_deterministic_solver_regresses(problem, change):
+    base = measured(problem, "dpm_solver_3", 100)
+    now = measured(problem, "dpm_solver_3", 100, run=change)
+    cmp = B.compare(base, now)
+    assert set(cmp["metric"]) == {"rmse", "max_error"}
+    assert "regressed" in set(cmp["status"]), cmp
+    assert len(B.failures(cmp)) >= 1
+    # The other way round the change is an improvement: reported, not failed.
+    back = B.compare(now, base)
+    assert "improved" in set(back["status"]), back
+
+
+def test_swap_is_caught_on_a_first_order_solver_too(problem):
+    cmp = B.compare(measured(problem, "euler", 20), measured(problem, "euler", 20, run=swapped_grid))
+    assert (cmp["status"] == "regressed").all(), cmp
+
+
+def test_stochastic_bias_rising_by_more_than_3_se_regresses(problem):
+    base = measured(problem, "euler_maruyama", 20)
+    assert set(base["metric"]) == set(B.BIAS_METRICS) and (base["stderr"] > 0).all()
+    spread = measured(problem, "euler_maruyama", 20, run=lambda *a, **k: sample(*a, **k) * 1.05)
+    cmp = B.compare(base, spread)
+    row = cmp.set_index("metric").loc["bias_sq_norm"]
+    assert row["status"] == "regressed", cmp
+    assert B.failures(B.compare(spread, base)).empty  # the reverse is an improvement
+
+
+def test_measurement_is_reproducible_bit_for_bit(problem):
+    for solver, nfe, options in (("heun", 20, ()), ("rk45", None, ()), ("ddim", 10, (("eta", 1.0),))):
+        a, b = measured(problem, solver, nfe, options=options), measured(problem, solver, nfe, options=options)
+        pd.testing.assert_frame_equal(a, b)
+        assert (B.compare(a, b)["status"] == "same").all()
+
+
+# --- pure comparison rules on synthetic tables ----------------------------------------------
+
+
+def row(metric="rmse", value=1.0, stderr=math.nan, solver="euler", nfe=10, nfe_used=10, schedule="vp"):
+    return {"model": "gmm2d", "schedule": schedule, "solver": solver, "options": "", "kind": "ode",
+            "timesteps": "logsnr", "nfe": nfe, "nfe_used": nfe_used, "samples": 8, "metric": metric, "value": value,
+            "stderr": stderr, "reference": "synthetic"}
+
+
+def status(base_rows, now_rows):
+    return list(B.compare(B.table(base_rows), B.table(now_rows))["status"])
+
+
+def test_deterministic_rule_is_one_percent_plus_1e_12():
+    assert status([row(value=1.0)], [row(value=1.0099)]) == ["moved"]
+    assert status([row(value=1.0)], [row(value=1.0101)]) == ["regressed"]
+    assert status([row(value=1.0)], [row(value=0.98)]) == ["improved"]
+    assert status([row(value=0.0)], [row(value=0.9e-12)]) == ["moved"]
+    assert status([row(value=0.0)], [row(value=2e-12)]) == ["regressed"]
+    assert status([row(value=1.0)], [row(value=math.nan)]) == ["regressed"]
+
+
+def test_stochastic_rule_is_three_standard_errors_on_the_size_of_the_bias():
+    b = [row("bias_logp", -0.5, 0.1, "euler_maruyama")]
+    assert status(b, [row("bias_logp", -0.79, 0.1, "euler_maruyama")]) == ["moved"]
+    assert status(b, [row("bias_logp", -0.81, 0.1, "euler_maruyama")]) == ["regressed"]
+    assert status(b, [row("bias_logp", 0.81, 0.1, "euler_maruyama")]) == ["regressed"]  # sign flips count
+    assert status(b, [row("bias_logp", 0.1, 0.1, "euler_maruyama")]) == ["improved"]
+
+
+def test_order_below_its_band_regresses():
+    lo, hi = B.order_band("dpm_solver_2")
+    assert (lo, hi) == B.ORDER_BANDS[2]
+    base = [row("order", 2.05, solver="dpm_solver_2", nfe=None, nfe_used=1240)]
+    assert status(base, [row("order", lo - 0.01, solver="dpm_solver_2", nfe=None, nfe_used=1240)]) == ["regressed"]
+    assert status(base, [row("order", lo + 0.01, solver="dpm_solver_2", nfe=None, nfe_used=1240)]) == ["moved"]
+    assert B.order_band("dpm_solver_3m")[0] == 1.9
+
+
+def test_missing_and_new_rows_fail_and_adaptive_nfe_rise_regresses():
+    cmp = B.compare(B.table([row(nfe=10), row(nfe=20, nfe_used=20)]), B.table([row(nfe=10), row(nfe=50, nfe_used=50)]))
+    assert sorted(cmp["status"]) == ["missing", "new", "same"]
+    assert len(B.failures(cmp)) == 2
+    adaptive = dict(solver="rk45", nfe=None)
+    assert status([row(**adaptive, nfe_used=80)], [row(**adaptive, nfe_used=98)]) == ["regressed"]
+    assert status([row(**adaptive, nfe_used=80)], [row(**adaptive, nfe_used=70)]) == ["improved"]
+
+
+def test_partial_measurement_compares_only_what_it_measured():
+    base = B.table([row(schedule="vp"), row(schedule="ve"), row("order", 1.0, nfe=None)])
+    assert list(B.compare(base, B.table([row(schedule="ve")]))["status"]) == ["same"]
+
+
+def test_csv_round_trip_is_exact(tmp_path):
+    rows = [row(value=0.1 + 0.2), row(metric="max_error", value=1 / 3),
+            row("bias_logp", -1e-17 / 7, 2 / 3, "ddim", nfe=5, nfe_used=5),
+            row("order", math.pi, solver="heun", nfe=None, nfe_used=1240)]
+    rows[2]["options"] = "eta=1.0"
+    written = B.write_baselines(B.table(rows), tmp_path)
+    assert [p.name for p in written] == ["gmm2d.csv"]
+    back = B.read_baselines(tmp_path)
+    assert (B.compare(B.table(rows), back)["status"] == "same").all()
+    assert sorted(back["value"].tolist()) == sorted(r["value"] for r in rows)
+
+
+# --- coverage and command line ----------------------------------------------------------------
+
+
+def test_cells_cover_every_registered_solver_and_stochastic_variant():
+    cells = B.cells(models=["gmm2d"], schedules=["vp"])
+    assert {c.solver for c in cells} == set(list_solvers())
+    for name in list_solvers():
+        spec = get_solver(name)
+        if spec.kind == "ode" and spec.stochastic_if is not None:
+            assert name in B.STOCHASTIC_VARIANTS, f"{name} has stochastic options but no stochastic baseline"
+            assert spec.stochastic(B.STOCHASTIC_VARIANTS[name])
+    heun = [c.nfe for c in cells if c.solver == "heun"]
+    assert heun == [10, 20, 50, 100]  # odd budgets are skipped, not failed
+    assert [c.nfe for c in cells if c.solver == "rk45"] == [None]
+
+
+def test_bad_arguments_exit_2_naming_the_valid_choices(capsys):
+    assert bench_main(["baseline", "--models", "cifar10"]) == 2
+    assert "gmm2d, gmm-digits" in capsys.readouterr().out
+    assert bench_main(["baseline", "--solvers", "dpm_solver_4"]) == 2
+    assert "dpm_solver_3" in capsys.readouterr().out
