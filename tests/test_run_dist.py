@@ -1,0 +1,59 @@
+"""`bench run` under torchrun with 2 CPU processes (gloo) gives the single-process table."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.dist import World
+from bench.sweep import Sweep, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLVERS = ["dpm_solver_2m", "heun", "rk45", "euler_maruyama", "pc"]
+NFES = [5, 10]
+KEY = ["model", "schedule", "solver", "nfe", "seed"]
+
+
+def test_shard_covers_every_sample_once():
+    for n in (1, 7, 64):
+        for size in (1, 2, 3):
+            parts = [list(World(r, size).shard(n)) for r in range(size)]
+            assert sum(parts, []) == list(range(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_two_gloo_processes_match_one(tmp_path):
+    args = ["run", "--models", "gmm2d", "--solvers", ",".join(SOLVERS), "--nfe", ",".join(map(str, NFES)),
+            "--seeds", "0,1", "--samples", "150", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "bench", *args, "--out", str(tmp_path / "two")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out = proc.communicate(timeout=300)[0]
+    finally:  # never leave ranks behind
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out[-3000:]
+    one = run_sweep(Sweep(["gmm2d"], SOLVERS, NFES, [0, 1], samples=150), tmp_path / "one", World(), progress=False)
+    two = pd.read_parquet(tmp_path / "two" / "results.parquet")
+    assert set(two.device) == {"cpu"}
+    a, b = (d.sort_values(KEY).reset_index(drop=True) for d in (one, two))
+    assert a[KEY + ["status"]].astype(str).equals(b[KEY + ["status"]].astype(str))  # the same rows
+    assert (a.status != "failed").all()
+    fixed = a.nfe.notna() & (a.status == "ok")
+    assert (a.loc[fixed, "nfe_used"] == b.loc[fixed, "nfe_used"]).all()
+    # fixed-budget cells: the same samples (per-sample noise streams), so the same numbers up to reduction order
+    for col in ("error_rmse", "error_max", "nll_gap", "swd", "mmd"):
+        assert np.allclose(a.loc[fixed, col], b.loc[fixed, col], rtol=1e-4, atol=1e-7, equal_nan=True), col
+    # adaptive cells: each rank solves its half as one system, so the steps differ; the error stays within noise
+    auto = a.nfe.isna()
+    ratio = b.loc[auto, "error_rmse"].to_numpy() / a.loc[auto, "error_rmse"].to_numpy()
+    assert np.all((ratio > 1 / 3) & (ratio < 3)), ratio
+    assert np.allclose(a.loc[auto, "nll_gap"], b.loc[auto, "nll_gap"], atol=0.05)
