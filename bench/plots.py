@@ -198,12 +198,12 @@ def overhead(rows: pd.DataFrame, groups: list[str], path: Path) -> bool:
     for ax, group in zip(axes[0], groups):
         med = ok[ok["group"] == group].groupby("solver")["ms"].median().reindex(solvers)
         ax.barh(range(len(solvers)), med.fillna(0).values, color=[solver_colour(s) for s in solvers])
-        ax.set_yticks(range(len(solvers)), solvers, fontsize=8)
+        ax.set_yticks(range(len(solvers)), solvers, fontsize=9)
         ax.invert_yaxis()
         ax.set_title(group, fontsize=10)
         ax.set_xlabel("ms per model evaluation")
         ax.grid(True, axis="x", alpha=0.35)
-    fig.suptitle("Solver overhead: (wall-clock − time inside the model) / NFE used, median over cells", fontsize=11)
+    fig.suptitle("Solver overhead: (wall-clock − model time) / NFE used", fontsize=11)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return True
@@ -239,5 +239,5 @@ def _figures(rows: pd.DataFrame, metrics: dict[str, str | None], out_dir: Path) 
                                       "One point per NFE budget; lower left is better."))
     p = out_dir / "overhead.png"
     if overhead(rows, list(metrics), p):
-        figures.append(Figure(p, "Solver overhead", "Time a solver spends outside the model, per evaluation."))
+        figures.append(Figure(p, "Solver overhead", "Time a solver spends outside the model per model evaluation, median over the ok cells of each model."))
     return figures

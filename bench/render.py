@@ -29,7 +29,7 @@ CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;m
 padding:0 16px;color:#1d1d1f;font-size:15px;line-height:1.45}h1{font-size:26px}h2{margin-top:36px;
 border-bottom:2px solid #ddd;padding-bottom:4px}h3{margin:22px 0 6px;font-size:16px}table{border-collapse:collapse;
 margin:8px 0 14px;font-size:13.5px}th,td{border:1px solid #d6d6d6;padding:4px 9px;text-align:left;
-vertical-align:top}th{background:#f2f2f4}tr:nth-child(even) td{background:#fafafa}.good{color:#17692f;
+vertical-align:top}td:first-child{white-space:nowrap}th{background:#f2f2f4}tr:nth-child(even) td{background:#fafafa}.good{color:#17692f;
 font-weight:600}td.bad{background:#fde2df!important}.bad{color:#a50e0e;font-weight:600}td.warn{background:#fff4d1!important}
 p{margin:6px 0}.sw{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:6px;vertical-align:-1px}
 figure{margin:10px 0 26px}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:13px}

@@ -127,7 +127,7 @@ def summary_section(rows: pd.DataFrame, metrics: dict) -> Section:
     for group, metric in metrics.items():
         g = rows[(rows["group"] == group) & (rows["status"] == "ok")]
         if metric is None or g.empty:
-            sec.blocks.append(("h3", f"{group}: no finite quality metric"))
+            sec.blocks.append(("h3", f"{group}: no ok cell with a quality metric"))
             continue
         g = g.assign(q=quality(g, metric), col=g["nfe"].map(nfe_text))
         piv = g.pivot_table(index=["run", "solver"], columns="col", values="q", aggfunc="mean", sort=False)
@@ -159,7 +159,7 @@ def order_section(rows: pd.DataFrame, tol: float) -> Section:
         f"Measured order p: minus the least-squares slope of log(RMSE vs reference) on log(NFE) over the asymptotic "
         f"part of the curve (every NFE >= max NFE / {orders.SPAN:g}, at least the {orders.MIN_POINTS} largest; "
         f"geometric mean over seeds). Fixed-budget ODE solvers only. A mark is 'pass' when |measured − declared| "
-        f"<= {tol:g}."])
+        f"<= {tol:g}. Stochastic samplers have no path error and are not listed."])
     if tab.empty:
         sec.blocks.append("No ODE solver has finite errors at two or more NFE budgets.")
         return sec
@@ -219,6 +219,8 @@ def target_section(rows: pd.DataFrame, metrics: dict, target: tuple[str, float])
         sec.blocks += [("h3", f"{group}: {LABELS.get(metric, metric)} <= {limits}"),
                        Table(["solver"] + [c + tag(run) for run in runs for c in ("smallest NFE", "quality", "wall-clock (s)")],
                              body, "solver")]
+    if len(sec.blocks) == 1:
+        sec.blocks.append("No ok cell with a quality metric.")
     return sec
 
 
@@ -280,13 +282,25 @@ def failures_section(rows: pd.DataFrame) -> Section:
     return sec
 
 
+def _value(v) -> str:
+    """A manifest value as text: flat dicts as 'key value, ...', nested ones as JSON."""
+    if isinstance(v, dict) and not any(isinstance(x, (dict, list)) for x in v.values()):
+        return ", ".join(f"{k} {x}" for k, x in v.items()) or "—"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return fmt(v)
+
+
 def provenance_section(runs: list[Run]) -> Section:
-    fields = {"directory": lambda r, m: str(r.path), "run id": lambda r, m: fmt(m.get("run_id")),
-              "created": lambda r, m: fmt(m.get("created")), "command": lambda r, m: fmt(m.get("command")),
-              "git commit": lambda r, m: fmt(m.get("git_commit")), "device": lambda r, m: fmt(m.get("device")),
+    fields = {"directory": lambda r, m: str(r.path), "run id": lambda r, m: _value(m.get("run_id")),
+              "created": lambda r, m: _value(m.get("created", m.get("started"))),
+              "finished": lambda r, m: _value(m.get("finished")), "command": lambda r, m: _value(m.get("command")),
+              "git commit": lambda r, m: _value(m.get("git_commit")), "device": lambda r, m: _value(m.get("device")),
               "cells": lambda r, m: ", ".join(f"{(r.rows['status'] == s).sum()} {s}" for s in ("ok", "failed", "skipped")),
-              "versions": lambda r, m: ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()) or "—",
-              "config": lambda r, m: json.dumps(m.get("config"), sort_keys=True) if m.get("config") else "—"}
+              "versions": lambda r, m: _value(m.get("versions")), "config": lambda r, m: _value(m.get("config"))}
+    shown = {"run_id", "created", "started", "finished", "command", "git_commit", "device", "versions", "config"}
+    extra = dict.fromkeys(k for r in runs for k in (r.manifest or {}) if k not in shown)
+    fields.update({k: (lambda key: lambda r, m: _value(m.get(key)))(k) for k in extra})
     body = [[name] + [f(r, r.manifest or {}) for r in runs] for name, f in fields.items()]
     sec = Section("Provenance", [Table(["field"] + [r.label for r in runs], body)])
     sec.blocks += [("p", f"{r.label}: no manifest.json in {r.path}.", "warn") for r in runs if r.manifest is None]
@@ -328,7 +342,8 @@ def make_report(run_dirs, out_dir=None, formats=FORMATS, target=None, order_tol:
         raise ReportError(f"cannot create the output directory {out}: {e}") from None
 
     figures = plots.make_figures(rows, metrics, out)
-    sections = [summary_section(rows, metrics), Section("Figures", list(figures)), order_section(rows, order_tol),
+    sections = [summary_section(rows, metrics), Section("Figures", list(figures) or ["No ok cells to plot."]),
+                order_section(rows, order_tol),
                 target_section(rows, metrics, goal)]
     if len(runs) > 1:
         sections.append(compare_section(rows, metrics, runs, compare_tol))

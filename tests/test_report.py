@@ -227,3 +227,15 @@ def test_cli_md_only_and_screenshot_needs_chromium(runs, tmp_path, capsys, monke
     monkeypatch.setattr(report.shutil, "which", lambda name: None)
     code, err = _cli(capsys, runs[0], "--out", tmp_path / "s", "--screenshot", tmp_path / "s.png")
     assert code == 2 and "chromium" in err.lower()
+
+
+def test_report_renders_when_no_cell_is_ok(tmp_path):
+    rows = synthetic_rows(models=("digits",)).assign(status="failed", message="ModelOutputError: NaN")
+    run = write_run(tmp_path / "failed", rows, "all-failed")
+    (run / "manifest.json").unlink()
+    md = report.make_report([run], formats=("md",)).read_text()
+    assert f"{len(rows)} of {len(rows)} cells did not finish ok" in md
+    assert "No ok cells to plot." in md and "no manifest.json" in md
+    assert not list((run / "report").glob("*.png"))
+    with pytest.raises(report.ReportError, match="valid: html, md"):
+        report.make_report([run], formats=("pdf",))
