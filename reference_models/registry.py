@@ -1,14 +1,21 @@
-"""Named reference models: each name gives a ready `solvers.Model`, real data and its shape."""
+"""Named reference models: each name gives a ready `solvers.Model`, real data and its shape.
+
+Exact models (closed-form score): gmm2d, gmm-digits. Trained models (learned score, trained here
+from a seed on first use and cached): toy2d-*, digits; cifar10 and mnist need torchvision
+downloads and are meant for a GPU.
+"""
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from solvers import Model, Schedule, VESchedule, VPSchedule
+from solvers import PREDICTIONS, Model, Schedule, VESchedule, VPSchedule
 
+from . import digits, toy2d
 from .gmm import GaussianMixture
 
 SCHEDULES = ("vp", "ve")
@@ -23,10 +30,19 @@ class ReferenceModel:
     metric: str  # headline quality metric family: "2d" (SWD/MMD) or "image" (FID/KID)
     data: Callable[[int, torch.Generator | None], torch.Tensor]  # n held-out real data points
     mixture: GaussianMixture | None = None  # exact models: closed-form densities
+    info: dict = field(default_factory=dict)  # trained models: the checkpoint's config (steps, seed, ...)
 
     @property
     def schedule(self) -> Schedule:
         return self.model.schedule
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    metric: str
+    shape: tuple[int, ...]
+    description: str
 
 
 def make_schedule(name: str) -> Schedule:
@@ -45,24 +61,77 @@ def gmm2d() -> GaussianMixture:
     return GaussianMixture(means, torch.full((8,), 0.25**2))
 
 
-def _exact(name: str, mixture: GaussianMixture, metric: str, schedule: str, prediction: str) -> ReferenceModel:
-    return ReferenceModel(name, mixture.model(make_schedule(schedule), prediction), mixture.shape, "exact", metric,
-                          lambda n, generator=None: mixture.sample(n, generator), mixture)
-
-
-_BUILDERS: dict[str, Callable[..., ReferenceModel]] = {
-    "gmm2d": lambda schedule="vp", prediction="eps", **kw: _exact("gmm2d", gmm2d(), "2d", schedule, prediction),
+_EXACT: dict[str, tuple[Callable[[], GaussianMixture], Callable | None]] = {
+    "gmm2d": (gmm2d, None),  # data: exact draws from the mixture
+    "gmm-digits": (digits.digits_mixture, digits.held_out),  # data: held-out real digits
 }
+
+MODELS: dict[str, Entry] = {
+    "gmm2d": Entry("exact", "2d", (2,), "8 Gaussians on a circle, exact score"),
+    "gmm-digits": Entry("exact", "image", digits.SHAPE,
+                        f"{digits.GMM_COMPONENTS}-component full-covariance mixture fitted to the 8x8 digits, exact score"),
+    **{f"toy2d-{k}": Entry("trained", "2d", (2,), f"MLP trained on the 2-D {k} set") for k in toy2d.SAMPLERS},
+    "digits": Entry("trained", "image", digits.SHAPE, "small U-Net trained on the 8x8 digits"),
+    "cifar10": Entry("trained", "image", (3, 32, 32), "DDPM U-Net on CIFAR-10 (downloads data; GPU job)"),
+    "mnist": Entry("trained", "image", (1, 28, 28), "U-Net on MNIST (downloads data; GPU job)"),
+}
+
+# What `python -m bench run` sweeps by default: the exact models and the small trained ones.
+DEFAULT_MODELS = ["gmm2d", "gmm-digits", *(f"toy2d-{k}" for k in toy2d.SAMPLERS), "digits"]
 
 
 def list_models() -> list[str]:
-    return list(_BUILDERS)
+    return list(MODELS)
 
 
-def load(name: str, schedule: str = "vp", prediction: str = "eps", **kwargs) -> ReferenceModel:
-    """Build a named reference model. Trained models accept cache_dir, device, train (train if missing)."""
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(_BUILDERS)}")
+def describe(name: str) -> Entry:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+@functools.lru_cache(maxsize=2)
+def _image_test_split(name: str) -> torch.Tensor:
+    from .datasets import LOADERS
+
+    return LOADERS[name](train=False).float() / 127.5 - 1.0
+
+
+def _trained_data(name: str) -> Callable:
+    if name.startswith("toy2d-"):
+        return toy2d.SAMPLERS[name.removeprefix("toy2d-")]
+    if name == "digits":
+        return digits.held_out
+    return lambda n, generator=None: digits.draw(_image_test_split(name), n, generator)
+
+
+def load(name: str, schedule: str = "vp", prediction: str = "eps", cache_dir=None, device="cpu", train: bool = True,
+         progress: bool = True) -> ReferenceModel:
+    """Build a named reference model.
+
+    Trained models are read from the cache (`cache_dir`, else $SAMPLERBENCH_CACHE, else
+    ~/.cache/samplerbench); a missing one is trained first when `train` is true (it says so on
+    stderr) and is an error otherwise. Exact models ignore cache_dir, device, train and progress.
+    """
+    entry = describe(name)
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
-    return _BUILDERS[name](schedule=schedule, prediction=prediction, **kwargs)
+    if entry.kind == "exact":
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
+        make, data = _EXACT[name]
+        mixture = make()
+        data = data or (lambda n, generator=None: mixture.sample(n, generator))
+        return ReferenceModel(name, mixture.model(make_schedule(schedule), prediction), mixture.shape, "exact",
+                              entry.metric, data, mixture)
+    from .train import load_trained
+
+    den, config = load_trained(name, schedule, prediction, cache_dir=cache_dir, device=device,
+                               train_missing=train, progress=progress)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return den(x, t)
+
+    return ReferenceModel(name, Model(fn, den.schedule, prediction), entry.shape, "trained", entry.metric,
+                          _trained_data(name), None, config)

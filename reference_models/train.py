@@ -1,0 +1,233 @@
+"""Training the reference models: one spec per name, one denoising loop (AdamW, EMA, tqdm), safe checkpoints.
+
+The loss is the denoising loss of the chosen target (eps, x0 or v; Ho et al. 2020, Salimans &
+Ho 2022) in the scaled form of `nets.Denoiser`. Times are drawn uniformly in log-SNR lambda on
+[lambda(T), lambda(t_end)], the variable the solvers step in (DPM-Solver, Lu et al. 2022), so
+every noise level a sampler visits is trained equally. Runs are deterministic on CPU for a seed.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from solvers.noise import randn
+
+from . import cache, checkpoints, datasets, digits, toy2d
+from .nets import TARGETS, Denoiser, build_net
+
+Batcher = Callable[[int, torch.Generator], torch.Tensor]  # (n, generator) -> n training points
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    name: str
+    shape: tuple[int, ...]
+    arch: dict
+    sigma_data: float  # data standard deviation used by the preconditioning
+    steps: int  # default number of optimiser steps
+    batch_size: int
+    lr: float
+    ema_decay: float
+    make_batcher: Callable[[str | None], Batcher] = field(repr=False)  # data_root -> batch drawer
+    description: str = ""
+    warmup: int = 100
+
+
+def _pool_batcher(pool: torch.Tensor, flip: bool = False) -> Batcher:
+    """Draw batches with replacement from an in-memory tensor (uint8 images become [-1, 1] floats)."""
+
+    def draw(n: int, generator: torch.Generator) -> torch.Tensor:
+        x = pool[torch.randint(0, len(pool), (n,), generator=generator)]
+        x = x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
+        if flip:  # random horizontal flips, as DDPM trains on CIFAR-10
+            mask = torch.rand(n, generator=generator) < 0.5
+            x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+        return x
+
+    return draw
+
+
+_TOY_ARCH = {"type": "mlp", "dim": 2, "hidden": 128, "depth": 3, "n_freq": 16}
+_DIGITS_ARCH = {"type": "unet2d", "sample_size": 8, "in_channels": 1, "out_channels": 1,
+                "block_out_channels": [32, 64], "layers_per_block": 1, "norm_num_groups": 8,
+                "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+                "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+# DDPM's CIFAR-10 network (Ho et al. 2020, 35.7M parameters), as in google/ddpm-cifar10-32.
+_CIFAR_ARCH = {"type": "unet2d", "sample_size": 32, "in_channels": 3, "out_channels": 3,
+               "block_out_channels": [128, 256, 256, 256], "layers_per_block": 2,
+               "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+               "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]}
+_MNIST_ARCH = {"type": "unet2d", "sample_size": 28, "in_channels": 1, "out_channels": 1,
+               "block_out_channels": [32, 64, 128], "layers_per_block": 2,
+               "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+               "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}
+
+
+def _toy(key: str) -> TrainSpec:
+    sampler = toy2d.SAMPLERS[key]
+    return TrainSpec(f"toy2d-{key}", (2,), _TOY_ARCH, sigma_data=1.0, steps=2000, batch_size=512, lr=2e-3,
+                     ema_decay=0.995, make_batcher=lambda root: sampler,
+                     description=f"MLP on the 2-D {key} set (fresh data every batch)")
+
+
+SPECS: dict[str, TrainSpec] = {s.name: s for s in [
+    *(_toy(k) for k in toy2d.SAMPLERS),
+    TrainSpec("digits", digits.SHAPE, _DIGITS_ARCH, sigma_data=0.5, steps=3000, batch_size=128, lr=2e-3,
+              ema_decay=0.999, make_batcher=lambda root: _pool_batcher(digits.train_split()[0]),
+              description="small U-Net on scikit-learn's 8x8 digits (train split)"),
+    TrainSpec("cifar10", (3, 32, 32), _CIFAR_ARCH, sigma_data=0.5, steps=800_000, batch_size=128, lr=2e-4,
+              ema_decay=0.9999, warmup=5000,
+              make_batcher=lambda root: _pool_batcher(datasets.cifar10(root, train=True), flip=True),
+              description="DDPM's CIFAR-10 U-Net (torchvision download; a GPU job)"),
+    TrainSpec("mnist", (1, 28, 28), _MNIST_ARCH, sigma_data=0.5, steps=100_000, batch_size=128, lr=2e-4,
+              ema_decay=0.9999, warmup=1000,
+              make_batcher=lambda root: _pool_batcher(datasets.mnist(root, train=True)),
+              description="U-Net on MNIST (torchvision download; a GPU job)"),
+]}
+
+
+def get_spec(name: str) -> TrainSpec:
+    if name not in SPECS:
+        raise ValueError(f"no training configuration for {name!r}; valid: {', '.join(SPECS)}")
+    return SPECS[name]
+
+
+def expected_config(spec: TrainSpec, schedule: str, prediction: str) -> dict:
+    """The config entries a checkpoint must carry to be used for this request."""
+    return {"name": spec.name, "schedule": schedule, "prediction": prediction, "architecture": spec.arch,
+            "sigma_data": spec.sigma_data, "shape": list(spec.shape)}
+
+
+def build_denoiser(spec: TrainSpec, schedule: str, prediction: str, seed: int | None = None) -> Denoiser:
+    """A fresh network for `spec` (initialised from `seed` without touching the global RNG) in its wrapper."""
+    from .registry import make_schedule
+
+    if prediction not in TARGETS:
+        raise ValueError(f"trained models predict one of {', '.join(TARGETS)}; got {prediction!r}")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        net = build_net(spec.arch)
+    return Denoiser(net, make_schedule(schedule), prediction, spec.sigma_data)
+
+
+def sample_times(den: Denoiser, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Times uniform in lambda between the schedule's T and its default t_end (float64, shape (n,))."""
+    s = den.schedule
+    lam_hi, lam_lo = s.lambda_(s.default_t_end), s.lambda_(s.T)
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    return s.t_of_lambda(lam_lo + u * (lam_hi - lam_lo)).clamp(s.default_t_end, s.T)
+
+
+def denoising_loss(den: Denoiser, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """E || r(alpha x0 + sigma eps, t) - target / c_out ||^2 over a batch, t uniform in lambda."""
+    t = sample_times(den, len(x0), generator)
+    eps = randn(tuple(x0.shape), generator=generator).to(x0.device)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    a, s = (c.reshape(shape).to(device=x0.device, dtype=x0.dtype) for c in (den.schedule.alpha(t), den.schedule.sigma(t)))
+    xt = a * x0 + s * eps
+    return torch.mean((den.raw(xt, t) - den.target(x0, eps, t)) ** 2)
+
+
+def train(name: str, schedule: str = "vp", prediction: str = "eps", steps: int | None = None, seed: int = 0,
+          cache_dir=None, device: str = "cpu", progress: bool = True, batch_size: int | None = None,
+          data_root=None, out_path=None):
+    """Train `name` and write its EMA weights + config into the cache; returns the checkpoint path."""
+    spec = get_spec(name)
+    steps = spec.steps if steps is None else int(steps)
+    batch_size = spec.batch_size if batch_size is None else int(batch_size)
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch size must be positive, got steps={steps}, batch_size={batch_size}")
+    from .registry import SCHEDULES
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    threads = torch.get_num_threads()
+    if str(device) == "cpu":  # one thread: reproducible across machines, and far faster on a shared CPU
+        torch.set_num_threads(1)
+    try:
+        return _train(spec, schedule, prediction, steps, seed, cache_dir, device, progress, batch_size, data_root,
+                      out_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(spec, schedule, prediction, steps, seed, cache_dir, device, progress, batch_size, data_root, out_path):
+    name = spec.name
+    den = build_denoiser(spec, schedule, prediction, seed).to(device).train()
+    ema = copy.deepcopy(den.net).requires_grad_(False)
+    opt = torch.optim.AdamW(den.net.parameters(), lr=spec.lr, weight_decay=1e-4)
+    warm = min(spec.warmup, max(1, steps // 10))
+    lr_at = lambda k: spec.lr * min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * k / steps))  # noqa: E731
+    gen = torch.Generator().manual_seed(seed)
+    draw = spec.make_batcher(data_root)
+    start, running = time.perf_counter(), None
+    bar = _progress(range(steps), progress, f"train {name} ({schedule}, {prediction})")
+    for k in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(k)
+        loss = denoising_loss(den, draw(batch_size, gen).to(device), gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(den.net.parameters(), 1.0)
+        opt.step()
+        decay = min(spec.ema_decay, (1 + k) / (10 + k))  # EMA warm-up
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), den.net.parameters()):
+                pe.lerp_(p, 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if hasattr(bar, "set_postfix") and (k % 20 == 0 or k == steps - 1):
+            bar.set_postfix(loss=f"{running:.4f}")
+    config = {**expected_config(spec, schedule, prediction), "schedule_params": den.schedule.describe(),
+              "steps": steps, "seed": seed, "batch_size": batch_size, "lr": spec.lr, "ema_decay": spec.ema_decay,
+              "optimizer": "AdamW", "final_loss": running, "train_time_s": round(time.perf_counter() - start, 2),
+              "device": str(device), "versions": _versions()}
+    path = out_path or cache.checkpoint_path(name, schedule, prediction, cache_dir)
+    return checkpoints.save_checkpoint(path, ema.state_dict(), config)
+
+
+def load_trained(name: str, schedule: str = "vp", prediction: str = "eps", cache_dir=None, device: str = "cpu",
+                 train_missing: bool = True, progress: bool = True) -> tuple[Denoiser, dict]:
+    """The cached EMA network of `name` in eval mode with its config; trains it first if missing and allowed."""
+    spec = get_spec(name)
+    if prediction not in TARGETS:
+        raise ValueError(f"trained models predict one of {', '.join(TARGETS)}; got {prediction!r}")
+    path = cache.checkpoint_path(name, schedule, prediction, cache_dir)
+    if not path.exists():
+        if not train_missing:
+            raise FileNotFoundError(f"model {name!r} ({schedule}, {prediction}) is not trained yet (no {path}); run "
+                                    f"`python -m bench train {name} --schedule {schedule} --prediction {prediction}` "
+                                    "or load it with train=True")
+        print(f"samplerbench: {name} ({schedule}, {prediction}) is not in the cache; training it now "
+              f"({spec.steps} steps) into {path}", file=sys.stderr, flush=True)
+        train(name, schedule, prediction, cache_dir=cache_dir, progress=progress)
+    state, config = checkpoints.load_checkpoint(path, expected_config(spec, schedule, prediction))
+    den = build_denoiser(spec, schedule, prediction)
+    checkpoints.load_state_into(den.net, state, path)
+    return den.to(device).eval().requires_grad_(False), config
+
+
+def _progress(it, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, file=sys.stderr, dynamic_ncols=True)
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {"torch": torch.__version__}
+    for pkg in ("samplerbench", "diffusers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
