@@ -199,6 +199,7 @@ def summary(df: pd.DataFrame) -> str:
         cols = sorted([c for c in table.columns if c != "adaptive"], key=int) + [c for c in table.columns
                                                                                   if c == "adaptive"]
         table = table[cols].rename(columns=lambda c: c if c == "adaptive" else f"nfe={c}")
+        table.index.name, table.columns.name = None, None
         if "adaptive" in table:
             used = rows[rows["col"] == "adaptive"].groupby("solver")["nfe_used"].mean()
             table["adaptive"] = [f"{v:.4g} ({used[s]:.0f} NFE)" if pd.notna(v) else "" for s, v in

@@ -24,7 +24,7 @@ import reference_models
 from reference_models import ReferenceModel
 from solvers import Model, get_solver, per_sample_generators, sample
 
-from . import metrics
+from . import metrics, schema
 from .dist import World
 from .store import Journal, atomic_write, write_tables
 
@@ -46,6 +46,9 @@ class Cell:
     @property
     def key(self) -> tuple:
         return (self.model, self.schedule, self.prediction, self.solver, self.nfe, self.seed)
+
+    def identity(self) -> dict:
+        return dict(zip(schema.IDENTITY, self.key))
 
     @property
     def group(self) -> tuple:
@@ -228,7 +231,7 @@ def run_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep) -> dict | None
     world, model, spec = group.world, group.model, get_solver(cell.solver)
     options = spec.resolve_options({})
     stochastic = _is_stochastic(spec, options)
-    row = dict(zip(("model", "schedule", "prediction", "solver", "nfe", "seed"), cell.key))
+    row = cell.identity()
     row.update(run_id=sweep.run_id, kind="sde" if stochastic else "ode", order=float(spec.order),
                timesteps="adaptive" if spec.adaptive else spec.default_grid,
                options=json.dumps(options, sort_keys=True), samples=group.n, device=str(world.device))
@@ -328,27 +331,29 @@ def run_sweep(sweep: Sweep, run_dir: Path, world: World, loader: Callable = load
     groups: dict[tuple, list[Cell]] = {}
     for c in todo:
         groups.setdefault(c.group, []).append(c)
-    for cells in groups.values():
-        bar.set_postfix_str(f"{cells[0].model}/{cells[0].schedule} seed={cells[0].seed}: loading")
-        try:
-            needs_ref = any(not _is_stochastic(get_solver(c.solver), get_solver(c.solver).resolve_options({}))
-                            for c in cells)
-            group, group_error = Group(sweep, cells[0], world, run_dir, loader, progress, needs_ref), None
-        except Exception as e:
-            group, group_error = None, f"loading {cells[0].model} failed: {type(e).__name__}: {e}"
-        errors = [m for m in world.gather_objects(group_error) if m]
-        for cell in cells:
-            bar.set_postfix_str(str(cell))
-            if errors:
-                row = {**dict(zip(("model", "schedule", "prediction", "solver", "nfe", "seed"), cell.key)),
-                       "run_id": sweep.run_id, "status": "failed", "message": errors[0]}
-                row = row if world.main else None
-            else:
-                row = run_cell(cell, group, warmed, sweep)
+    try:
+        for cells in groups.values():
+            bar.set_postfix_str(f"{cells[0].model}/{cells[0].schedule} seed={cells[0].seed}: loading")
+            try:
+                needs_ref = any(not _is_stochastic(get_solver(c.solver), get_solver(c.solver).resolve_options({}))
+                                for c in cells)
+                group, group_error = Group(sweep, cells[0], world, run_dir, loader, progress, needs_ref), None
+            except Exception as e:
+                group, group_error = None, f"loading {cells[0].model} failed: {type(e).__name__}: {e}"
+            errors = [m for m in world.gather_objects(group_error) if m]
+            for cell in cells:
+                bar.set_postfix_str(str(cell))
+                if errors:
+                    row = {**cell.identity(), "run_id": sweep.run_id, "status": "failed", "message": errors[0]}
+                else:
+                    row = run_cell(cell, group, warmed, sweep)
+                if world.main:
+                    journal.append(row)
+                bar.update()
             if world.main:
-                journal.append(row)
-            bar.update()
+                write_tables(journal, run_dir)  # checkpoint after every group
+    finally:  # a checkpoint of the tables, also when interrupted (Ctrl-C)
+        bar.close()
         if world.main:
-            write_tables(journal, run_dir)  # checkpoint after every group
-    bar.close()
-    return write_tables(journal, run_dir) if world.main else None
+            write_tables(journal, run_dir)
+    return journal.table() if world.main else None
