@@ -60,8 +60,13 @@ class _PlainLog(ticker.LogFormatter):
         return f"{x:g}" if super().__call__(x, pos) else ""
 
 
-def _legend(ax, labels: dict[str, str], runs: list[str], adaptive: bool) -> None:
-    """One entry per solver in its colour, then the line style of each run and the adaptive-solver marker."""
+def _label(metric: str) -> str:
+    """Axis label of a quality metric, with its unit where it has one."""
+    return LABELS.get(metric, metric) + {"swd": " (data units)"}.get(metric, "")
+
+
+def _legend(ax, labels: dict[str, str], runs: list[str], adaptive: bool, extra: list | None = None) -> None:
+    """One entry per solver in its colour, then the line style of each run, the adaptive-solver marker and `extra`."""
     handles = [Line2D([], [], color=solver_colour(s), marker="o", markersize=5, label=text) for s, text in labels.items()]
     if len(runs) > 1:
         handles += [Line2D([], [], color="0.35", linestyle=RUN_STYLES[i % len(RUN_STYLES)], label=f"run {r}")
@@ -69,6 +74,7 @@ def _legend(ax, labels: dict[str, str], runs: list[str], adaptive: bool) -> None
     if adaptive:
         handles.append(Line2D([], [], color="0.35", marker="*", markersize=11, linestyle="none",
                               label="adaptive: at NFE used"))
+    handles += extra or []
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, frameon=False)
 
 
@@ -120,10 +126,28 @@ def quality_vs_nfe(rows: pd.DataFrame, metric: str, title: str, path: Path) -> b
             a = ok[(ok["solver"] == solver) & (ok["run"] == run) & ok["nfe"].isna()]
             if not a.empty:
                 _star(ax, a["nfe_used"].astype(float).mean(), a["q"].mean(), solver_colour(solver))
-    _legend(ax, {s: s for s in _ordered_solvers(ok)}, runs, bool(ok["nfe"].isna().any()))
-    _finish(fig, ax, path, title, "NFE (model evaluations per sample)",
-            f"{LABELS.get(metric, metric)} — lower is better", logy=_positive(ok["q"]), xticks=fixed["nfe"].unique())
+    failed = _failed_cells(rows, ok)
+    if len(failed):  # widen the NFE range to the failed budgets
+        ax.set_xscale("log")
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(min(lo, failed["nfe"].min() / 1.25), max(hi, failed["nfe"].max() * 1.25))
+    for _, f in failed.iterrows():  # on the bottom edge, at the budget that failed
+        ax.scatter(f["nfe"], 0.035, transform=ax.get_xaxis_transform(), marker="X", s=70,
+                   color=solver_colour(f["solver"]), edgecolor="black", linewidth=0.7, zorder=5, clip_on=False)
+    extra = [Line2D([], [], color="0.35", marker="X", markersize=8, markeredgecolor="black", linestyle="none",
+                    label="failed (no ok seed)")] if len(failed) else []
+    _legend(ax, {s: s for s in _ordered_solvers(ok)}, runs, bool(ok["nfe"].isna().any()), extra)
+    _finish(fig, ax, path, title, "NFE (model evaluations per sample)", f"{_label(metric)} — lower is better",
+            logy=_positive(ok["q"]), xticks=np.union1d(fixed["nfe"].unique(), failed["nfe"].to_numpy(dtype=float)))
     return True
+
+
+def _failed_cells(rows: pd.DataFrame, ok: pd.DataFrame) -> pd.DataFrame:
+    """(run, solver, nfe) budgets with a failed row and no ok row with a quality value."""
+    bad = rows[(rows["status"] == "failed") & rows["nfe"].notna()]
+    cells = bad[["run", "solver", "nfe"]].drop_duplicates().assign(nfe=lambda d: d["nfe"].astype(float))
+    have = set(zip(ok["run"], ok["solver"], ok["nfe"].astype("Float64").fillna(-1.0).astype(float)))
+    return cells[np.array([k not in have for k in zip(cells["run"], cells["solver"], cells["nfe"])], dtype=bool)]
 
 
 def error_vs_nfe(rows: pd.DataFrame, title: str, path: Path) -> bool:
@@ -161,34 +185,71 @@ def error_vs_nfe(rows: pd.DataFrame, title: str, path: Path) -> bool:
     return True
 
 
-def quality_vs_time(rows: pd.DataFrame, metric: str, title: str, path: Path) -> bool:
-    """Headline metric against sampling wall-clock per solver, one point per NFE budget (mean over seeds)."""
-    ok = rows[rows["status"] == "ok"].assign(q=lambda d: quality(d, metric))
-    ok = ok[ok["q"].notna() & (pd.to_numeric(ok["wall_s"], errors="coerce") > 0)]
+def time_cells(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per (run, solver, NFE budget) of the ok rows: mean wall_s and oriented quality `q` over seeds.
+
+    Adaptive solvers (NFE <NA>) form one cell each; `nfe_used` is the mean NFE they used.
+    """
+    ok = rows[rows["status"] == "ok"].assign(q=lambda d: quality(d, metric),
+                                             wall_s=lambda d: pd.to_numeric(d["wall_s"], errors="coerce"))
+    ok = ok[ok["q"].notna() & np.isfinite(ok["q"]) & (ok["wall_s"] > 0)]
     if ok.empty:
+        return pd.DataFrame(columns=["run", "solver", "nfe", "nfe_used", "wall_s", "q"])
+    ok = ok.assign(key=ok["nfe"].astype("Float64").fillna(-1.0), nfe_used=ok["nfe_used"].astype(float))
+    cells = ok.groupby(["run", "solver", "key"], sort=False)[["nfe_used", "wall_s", "q"]].mean().reset_index()
+    cells["nfe"] = cells["key"].where(cells["key"] >= 0).astype("Float64").round().astype("Int64")
+    return cells[["run", "solver", "nfe", "nfe_used", "wall_s", "q"]]
+
+
+def pareto_front(cells: pd.DataFrame, x: str = "wall_s", y: str = "q") -> pd.DataFrame:
+    """The cells no other cell dominates (lower-or-equal x and y, one strictly lower), sorted by x.
+
+    Lower is better on both axes: pass y oriented with `schema.quality`. Exact duplicates are all kept.
+    """
+    xv, yv = cells[x].to_numpy(dtype=float), cells[y].to_numpy(dtype=float)
+    le = (xv[None, :] <= xv[:, None]) & (yv[None, :] <= yv[:, None])  # [i, j]: j is at least as good as i
+    lt = (xv[None, :] < xv[:, None]) | (yv[None, :] < yv[:, None])
+    dominated = (le & lt).any(axis=1)
+    return cells[~dominated].sort_values([x, y], kind="stable")
+
+
+def quality_vs_time(rows: pd.DataFrame, metric: str, title: str, path: Path) -> bool:
+    """Headline metric against sampling wall-clock, one point per (solver, NFE) cell; the Pareto front highlighted."""
+    cells = time_cells(rows, metric)
+    if cells.empty:
         return False
-    runs = list(dict.fromkeys(ok["run"]))
+    runs = list(dict.fromkeys(cells["run"]))
     fig, ax = plt.subplots(figsize=(8.5, 4.6))
-    for solver in _ordered_solvers(ok):
+    for solver in _ordered_solvers(cells):
         for r, run in enumerate(runs):
-            g = ok[(ok["solver"] == solver) & (ok["run"] == run)]
-            fixed = g[g["nfe"].notna()].groupby("nfe")[["wall_s", "q"]].mean().sort_index()
-            ax.plot(fixed["wall_s"], fixed["q"], RUN_STYLES[r % len(RUN_STYLES)], marker="o", markersize=5,
-                    color=solver_colour(solver))
+            g = cells[(cells["solver"] == solver) & (cells["run"] == run)]
+            fixed = g[g["nfe"].notna()].sort_values("nfe")
+            ax.plot(fixed["wall_s"], fixed["q"], RUN_STYLES[r % len(RUN_STYLES)], marker="o", markersize=4,
+                    color=solver_colour(solver), alpha=0.75)
             a = g[g["nfe"].isna()]
             if len(a):
-                _star(ax, a["wall_s"].mean(), a["q"].mean(), solver_colour(solver))
-    _legend(ax, {s: s for s in _ordered_solvers(ok)}, runs, bool(ok["nfe"].isna().any()))
-    _finish(fig, ax, path, title, "sampling wall-clock per cell (s, log scale)",
-            f"{LABELS.get(metric, metric)} — lower is better", logy=_positive(ok["q"]))
+                _star(ax, float(a["wall_s"].iloc[0]), float(a["q"].iloc[0]), solver_colour(solver))
+    for r, run in enumerate(runs):  # the front per run: wall-clocks of different runs are not comparable
+        front = pareto_front(cells[cells["run"] == run])
+        ax.step(front["wall_s"], front["q"], where="post", color="black", linewidth=1.4, alpha=0.8,
+                linestyle=RUN_STYLES[r % len(RUN_STYLES)], zorder=4)
+        for star, pts in front.groupby(front["nfe"].isna()):  # adaptive cells keep their star
+            ax.scatter(pts["wall_s"], pts["q"], s=260 if star else 95, c=[solver_colour(s) for s in pts["solver"]],
+                       marker="*" if star else "o", edgecolors="black", linewidths=1.6, zorder=6)
+    _legend(ax, {s: s for s in _ordered_solvers(cells)}, runs, bool(cells["nfe"].isna().any()),
+            extra=[Line2D([], [], color="black", linewidth=1.4, marker="o", markersize=9, markerfacecolor="white",
+                          markeredgewidth=1.6, label="Pareto front")])
+    _finish(fig, ax, path, title, "sampling wall-clock per cell (s)",
+            f"{_label(metric)} — lower is better", logy=_positive(cells["q"]))
     return True
 
 
 def overhead(rows: pd.DataFrame, groups: list[str], path: Path) -> bool:
-    """Solver overhead (wall_s - model_s) per model evaluation in ms, median over cells, one panel per model."""
-    ok = rows[(rows["status"] == "ok") & (rows["nfe_used"].astype(float) > 0)].copy()
-    ok["ms"] = 1e3 * (ok["wall_s"].astype(float) - ok["model_s"].astype(float)) / ok["nfe_used"].astype(float)
-    ok = ok.dropna(subset=["ms"])
+    """Solver overhead (wall_s - model_s) as a share of wall-clock, median over cells, one panel per model."""
+    ok = rows[rows["status"] == "ok"].copy()
+    wall, model = pd.to_numeric(ok["wall_s"], errors="coerce"), pd.to_numeric(ok["model_s"], errors="coerce")
+    ok["share"] = (100 * (wall - model) / wall).where(wall > 0)
+    ok = ok.dropna(subset=["share"])
     groups = [g for g in groups if g in set(ok["group"])]
     if not groups:
         return False
@@ -196,14 +257,20 @@ def overhead(rows: pd.DataFrame, groups: list[str], path: Path) -> bool:
     fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups) + 1.5, 0.3 * len(solvers) + 1.6),
                              squeeze=False, sharey=True)
     for ax, group in zip(axes[0], groups):
-        med = ok[ok["group"] == group].groupby("solver")["ms"].median().reindex(solvers)
+        med = ok[ok["group"] == group].groupby("solver")["share"].median().reindex(solvers)
         ax.barh(range(len(solvers)), med.fillna(0).values, color=[solver_colour(s) for s in solvers])
+        for y, v in enumerate(med.values):
+            ax.text(0 if np.isnan(v) else max(v, 0) + 1.5, y, "—" if np.isnan(v) else f"{v:.0f}%",
+                    va="center", fontsize=8)
         ax.set_yticks(range(len(solvers)), solvers, fontsize=9)
+        ax.set_xlim(0, 115)
+        ax.xaxis.set_major_locator(ticker.FixedLocator([0, 25, 50, 75, 100]))
         ax.invert_yaxis()
         ax.set_title(group, fontsize=10)
-        ax.set_xlabel("ms per model evaluation")
+        ax.set_xlabel("overhead share of wall-clock (%)")
         ax.grid(True, axis="x", alpha=0.35)
-    fig.suptitle("Solver overhead: (wall-clock − model time) / NFE used", fontsize=11)
+        ax.grid(False, axis="y")
+    fig.suptitle("Solver overhead: (wall-clock − model time) / wall-clock, median over cells", fontsize=11)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return True
@@ -236,8 +303,11 @@ def _figures(rows: pd.DataFrame, metrics: dict[str, str | None], out_dir: Path) 
             p = out_dir / f"{stem}-time.png"
             if quality_vs_time(g, metric, f"{group}: {LABELS.get(metric, metric)} vs wall-clock", p):
                 figures.append(Figure(p, f"{group}: quality vs wall-clock",
-                                      "One point per NFE budget; lower left is better."))
+                                      "One point per (solver, NFE) cell, mean over seeds; lower left is better. "
+                                      "Outlined points joined by the black step line form the Pareto front: no "
+                                      "other cell is both faster and better (listed in the Pareto table)."))
     p = out_dir / "overhead.png"
     if overhead(rows, list(metrics), p):
-        figures.append(Figure(p, "Solver overhead", "Time a solver spends outside the model per model evaluation, median over the ok cells of each model."))
+        figures.append(Figure(p, "Solver overhead", "Share of the sampling wall-clock a solver spends outside the model, "
+                                   "median over the ok cells of each model; the rest is model time."))
     return figures

@@ -27,6 +27,7 @@ FORMATS = ("html", "md")
 REQUIRED = ("model", "solver", "kind", "nfe", "nfe_used", "seed", "status")
 DEFAULT_TARGET = "1.1x"
 COMPARE_TOL = 0.05  # relative change beyond which a cell counts as better / worse
+TALL = 16000  # window height of a whole-page screenshot, cropped afterwards (Chromium's limit is ~16k)
 CHROMIUMS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -121,24 +122,41 @@ def nfe_text(nfe) -> str:
 # ---------------------------------------------------------------- sections
 
 def summary_section(rows: pd.DataFrame, metrics: dict) -> Section:
-    sec = Section("Summary", ["Headline metric per model (mean over seeds, lower is better); adaptive solvers "
-                              "are shown at the NFE they used."])
+    """The full solver x NFE table of the headline metric per model; cells that did not finish ok say so."""
+    sec = Section("Summary", ["Headline metric per model (mean over the ok seeds, lower is better); adaptive solvers "
+                              "are shown at the NFE they used. A cell with no ok seed shows its status (red: failed); "
+                              "yellow: some seeds of the cell did not finish ok (see Failed and skipped cells)."])
     multi = rows["run"].nunique() > 1
     for group, metric in metrics.items():
-        g = rows[(rows["group"] == group) & (rows["status"] == "ok")]
-        if metric is None or g.empty:
-            sec.blocks.append(("h3", f"{group}: no ok cell with a quality metric"))
+        g = rows[rows["group"] == group]
+        if metric is None and (g["status"] == "ok").any():
+            sec.blocks.append(("h3", f"{group}: no quality metric in the table"))
             continue
-        g = g.assign(q=quality(g, metric), col=g["nfe"].map(nfe_text))
-        piv = g.pivot_table(index=["run", "solver"], columns="col", values="q", aggfunc="mean", sort=False)
-        cols = sorted([c for c in piv.columns if c != "adaptive"], key=int) + (["adaptive"] if "adaptive" in piv else [])
-        used = g[g["nfe"].isna()].groupby(["run", "solver"])["nfe_used"].mean()
+        q = quality(g, metric) if metric is not None else pd.Series(math.nan, index=g.index)
+        g = g.assign(q=q.where(g["status"] == "ok"), col=g["nfe"].map(nfe_text),
+                     bad=(g["status"] != "ok").astype(int))
+        keys = ["run", "solver", "col"]
+        agg = g.groupby(keys, sort=False).agg(q=("q", "mean"), bad=("bad", "sum"), n=("bad", "size"),
+                                              failed=("status", lambda s: (s == "failed").any()))
+        cols = sorted({c for c in agg.index.get_level_values("col") if c != "adaptive"}, key=int)
+        cols += ["adaptive"] if "adaptive" in set(agg.index.get_level_values("col")) else []
+        used = g[g["nfe"].isna() & (g["status"] == "ok")].groupby(["run", "solver"])["nfe_used"].mean()
         body = []
-        for (run, solver), r in piv.iterrows():
-            cells = [fmt(r[c]) + (f" @{used[(run, solver)]:.0f}" if c == "adaptive" and (run, solver) in used else "")
-                     for c in cols]
+        for run, solver in dict.fromkeys(zip(agg.index.get_level_values("run"), agg.index.get_level_values("solver"))):
+            cells = []
+            for c in cols:
+                if (run, solver, c) not in agg.index:
+                    cells.append("—")
+                    continue
+                r = agg.loc[(run, solver, c)]
+                if r["bad"] == r["n"]:
+                    cells.append(("failed", "bad") if r["failed"] else ("skipped", "warn"))
+                    continue
+                text = fmt(r["q"]) + (f" @{used[(run, solver)]:.0f}" if c == "adaptive" and (run, solver) in used else "")
+                cells.append((f"{text} ({int(r['bad'])} of {int(r['n'])} seeds not ok)", "warn") if r["bad"] else text)
             body.append(([run] if multi else []) + [solver] + cells)
-        sec.blocks += [("h3", f"{group}: {LABELS.get(metric, metric)}"),
+        title = f"{group}: {LABELS.get(metric, metric)}" if metric is not None else f"{group}: no ok cell"
+        sec.blocks += [("h3", title),
                        Table((["run"] if multi else []) + ["solver"]
                              + [f"NFE {c}" if c != "adaptive" else "adaptive (@ NFE used)" for c in cols], body, "solver")]
     return sec
@@ -224,6 +242,30 @@ def target_section(rows: pd.DataFrame, metrics: dict, target: tuple[str, float])
     return sec
 
 
+def pareto_section(rows: pd.DataFrame, metrics: dict) -> Section:
+    """The cells on the quality vs wall-clock Pareto front of each model (and run): the plot's outlined points."""
+    sec = Section("Pareto front: quality vs wall-clock", [
+        "Cells (solver, NFE; mean over seeds) that no other cell of the same model and run beats on both the "
+        "sampling wall-clock and the headline metric, fastest first. Each is the best quality reachable within "
+        "its wall-clock."])
+    multi = rows["run"].nunique() > 1
+    for group, metric in metrics.items():
+        if metric is None:
+            continue
+        cells = plots.time_cells(rows[rows["group"] == group], metric)
+        if cells.empty:
+            continue
+        body = [([run] if multi else []) + [r["solver"], nfe_text(r["nfe"]) if pd.notna(r["nfe"])
+                                            else f"adaptive @{r['nfe_used']:.0f}", fmt(r["wall_s"]), fmt(r["q"])]
+                for run, g in cells.groupby("run", sort=False) for _, r in plots.pareto_front(g).iterrows()]
+        sec.blocks += [("h3", f"{group}: {LABELS.get(metric, metric)}"),
+                       Table((["run"] if multi else []) + ["solver", "NFE", "wall-clock (s)", LABELS.get(metric, metric)],
+                             body, "solver")]
+    if len(sec.blocks) == 1:
+        sec.blocks.append("No ok cell with a quality metric and a wall-clock.")
+    return sec
+
+
 def compare_section(rows: pd.DataFrame, metrics: dict, runs: list[Run], tol: float) -> Section:
     base = runs[0].label
     sec = Section("Comparison with the first run", [
@@ -246,14 +288,21 @@ def compare_section(rows: pd.DataFrame, metrics: dict, runs: list[Run], tol: flo
         both["de"] = (both["error_rmse_b"] - both["error_rmse_a"]) / both["error_rmse_a"].abs()
         both["worse"] = (both["dq"] > tol) | (both["de"] > tol)
         both["changed"] = both["worse"] | (both["dq"] < -tol) | (both["de"] < -tol)
+        verdicts = []
         for solver, s in both.groupby(level="solver", sort=False):
             change = s["dq"].where(s["dq"].notna(), s["de"]).dropna()
             med = float(change.median()) if len(change) else math.nan
             word = ("better" if med < -tol else "worse" if med > tol else "unchanged") if len(change) else "not comparable"
             n_bad = int(s["worse"].sum())
-            sec.blocks.append(("p", f"{solver}: {word} (median change of the headline metric {pct(med)} over "
-                                    f"{len(s)} cells; {n_bad} regression{'s' if n_bad != 1 else ''}).",
-                               {"better": "good", "worse": "bad"}.get(word)))
+            verdicts.append((solver, word, n_bad, ("p", f"{solver}: {word} (median change of the headline metric {pct(med)} "
+                                                  f"over {len(s)} cells; {n_bad} regression{'s' if n_bad != 1 else ''}).",
+                                            {"better": "good", "worse": "bad"}.get(word))))
+        named = {w: [v[0] for v in verdicts if v[1] == w] for w in ("worse", "better", "unchanged")}
+        sec.blocks += [("p", f"Worse: {', '.join(named['worse']) or 'none'}.", "bad" if named["worse"] else None),
+                       ("p", f"Better: {', '.join(named['better']) or 'none'}.", "good" if named["better"] else None),
+                       f"Unchanged (median change within ±{100 * tol:g}%): {', '.join(named['unchanged']) or 'none'}.",
+                       *(v[3] for v in verdicts if v[1] != "unchanged" or v[2])]  # unchanged ones with regressions too
+        sec.blocks += _change_grids(both, tol)
         mark = lambda v: (pct(v), "bad" if v > tol else "good" if v < -tol else None)  # noqa: E731
         body = [[group, solver, "adaptive" if key < 0 else str(int(key)), fmt(r["q_a"]), fmt(r["q_b"]), mark(r["dq"]),
                  fmt(r["error_rmse_a"]), fmt(r["error_rmse_b"]), mark(r["de"]),
@@ -261,12 +310,31 @@ def compare_section(rows: pd.DataFrame, metrics: dict, runs: list[Run], tol: flo
                 for (group, solver, key), r in both[both["changed"]].sort_values("worse", ascending=False,
                                                                                  kind="stable").iterrows()]
         if body:
-            sec.blocks.append(Table(["model", "solver", "NFE", f"quality {base}", f"quality {run.label}", "Δ quality",
-                                     f"RMSE {base}", f"RMSE {run.label}", "Δ RMSE", "verdict"], body, "solver"))
+            sec.blocks += [("h3", f"Cells whose headline metric or RMSE changed by more than {100 * tol:g}%"),
+                           Table(["model", "solver", "NFE", f"quality {base}", f"quality {run.label}", "Δ quality",
+                                 f"RMSE {base}", f"RMSE {run.label}", "Δ RMSE", "verdict"], body, "solver")]
         only = len(set(map(tuple, a.index)) ^ set(map(tuple, b.index)))
         sec.blocks.append(f"{len(both) - len(body)} of {len(both)} common cells changed by at most {100 * tol:g}% "
                           f"and are not listed" + (f"; {only} cell(s) are in only one of the runs." if only else "."))
     return sec
+
+
+def _change_grids(both: pd.DataFrame, tol: float) -> list:
+    """Per model, the solver x NFE grid of the relative change of the headline metric (every common cell)."""
+    blocks = []
+    for group, g in both.groupby(level="group", sort=False):
+        g = g.droplevel("group")
+        keys = sorted({k for k in g.index.get_level_values("key")}, key=lambda k: (k < 0, k))
+        body = []
+        for solver in dict.fromkeys(g.index.get_level_values("solver")):
+            row = [solver]
+            for k in keys:
+                v = g["dq"].get((solver, k), math.nan)
+                row.append("—" if pd.isna(v) else (pct(v), "bad" if v > tol else "good" if v < -tol else None))
+            body.append(row)
+        blocks += [("h3", f"{group}: change of the headline metric per cell (red: regression)"),
+                   Table(["solver"] + ["adaptive" if k < 0 else f"NFE {int(k)}" for k in keys], body, "solver")]
+    return blocks
 
 
 def failures_section(rows: pd.DataFrame) -> Section:
@@ -344,7 +412,7 @@ def make_report(run_dirs, out_dir=None, formats=FORMATS, target=None, order_tol:
     figures = plots.make_figures(rows, metrics, out)
     sections = [summary_section(rows, metrics), Section("Figures", list(figures) or ["No ok cells to plot."]),
                 order_section(rows, order_tol),
-                target_section(rows, metrics, goal)]
+                target_section(rows, metrics, goal), pareto_section(rows, metrics)]
     if len(runs) > 1:
         sections.append(compare_section(rows, metrics, runs, compare_tol))
     sections += [failures_section(rows), provenance_section(runs)]
@@ -369,17 +437,32 @@ def find_chromium() -> str:
     return exe
 
 
-def screenshot(html_path: Path, png_path: Path, size: str = "1400,3000") -> Path:
-    """Render the HTML report to a PNG with headless Chromium (a check for a person; not needed by tests or CI)."""
+def screenshot(html_path: Path, png_path: Path, size: str = "1400") -> Path:
+    """Render the HTML report to a PNG with headless Chromium (a check for a person; not needed by tests or CI).
+
+    `size` is "W,H" for a fixed window, or "W" for the whole page: rendered in a window TALL pixels high
+    and cropped below the last non-white row.
+    """
+    parts = str(size).split(",")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ReportError(f"bad --screenshot-size {size!r}: give W (whole page) or W,H in pixels, e.g. 1400 or 1400,3000")
+    whole = len(parts) == 1
     exe = find_chromium()
     with tempfile.TemporaryDirectory() as profile:
         cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-               "--hide-scrollbars", f"--screenshot={Path(png_path).resolve()}", f"--window-size={size}",
-               Path(html_path).resolve().as_uri()]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+               "--hide-scrollbars", f"--screenshot={Path(png_path).resolve()}",
+               f"--window-size={parts[0]},{TALL if whole else parts[1]}", Path(html_path).resolve().as_uri()]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     if not Path(png_path).is_file():
         raise ReportError(f"chromium made no screenshot (exit {proc.returncode}): {proc.stderr[-500:]}")
+    if whole:
+        from PIL import Image
+
+        with Image.open(png_path) as im:
+            im.load()
+        ink = im.convert("L").point(lambda v: 255 if v < 250 else 0).getbbox()
+        im.crop((0, 0, im.width, min(im.height, (ink[3] if ink else 0) + 30))).save(png_path)
     return Path(png_path)
 
 
@@ -397,7 +480,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"relative rise counted as a regression when comparing runs (default {COMPARE_TOL})")
     parser.add_argument("--screenshot", default=None, metavar="PNG",
                         help="also render the HTML with headless Chromium into this PNG (needs chromium)")
-    parser.add_argument("--screenshot-size", default="1400,3000", metavar="W,H", help="window size of the screenshot")
+    parser.add_argument("--screenshot-size", default="1400", metavar="W[,H]",
+                        help=f"window width of the screenshot, whole page (up to {TALL} px high); W,H: a fixed window")
 
 
 def main_report(args) -> int:

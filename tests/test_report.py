@@ -122,11 +122,69 @@ def test_order_table_slopes_match_known_and_direct_fit(runs):
         assert r["mark"] == ("warn (low)" if r["solver"] == "dpm_solver_3m" else "pass")
 
 
-def test_order_table_in_report(single):
+def test_order_table_in_report(single, runs):
+    """Every measured order printed in the report is within 0.05 of a log-log fit of the parquet's numbers."""
     md = (single[1] / "report.md").read_text()
-    line = next(ln for ln in md.splitlines() if ln.startswith("| digits | heun |"))
-    assert "| 2 |" in line and "| pass |" in line
-    assert "warn (low)" in md
+    section = md.split("## Convergence order")[1].split("\n## ")[0]
+    lines = [ln.split(" | ") for ln in section.splitlines() if ln.startswith("| ") and not ln.startswith("| model")]
+    rows = pd.read_parquet(runs[0] / "results.parquet")
+    checked = 0
+    for model, solver, declared, measured, nfe_range, mark in (ln[:6] for ln in lines):
+        model = model[2:]
+        g = rows[(rows["model"] == model) & (rows["solver"] == solver) & (rows["status"] == "ok")]
+        lo, hi = map(int, nfe_range.split("–"))
+        g = g[(g["nfe"] >= lo) & (g["nfe"] <= hi)]
+        direct = -np.polyfit(np.log(g["nfe"].astype(float)), np.log(g["error_rmse"].astype(float)), 1)[0]
+        assert float(measured) == pytest.approx(direct, abs=0.05), (model, solver)
+        assert float(declared) == SOLVERS[solver][1]
+        assert mark.strip(" |") == ("warn (low)" if solver == "dpm_solver_3m" else "pass")
+        checked += 1
+    assert checked == len(MODELS) * sum(k == "ode" and p is not None for k, _, p in SOLVERS.values())
+
+
+# cells (solver, nfe) -> (wall_s, nll_gap); the gap's sign is random, |gap| is the quality
+PARETO_CELLS = {("ddim", 6): (0.10, -2.0), ("ddim", 12): (0.20, 1.0), ("euler", 6): (0.15, -3.0),
+                ("heun", 6): (0.30, 0.5), ("heun", 12): (0.60, -0.6), ("dpm_solver_3", 12): (0.50, 0.1),
+                ("rk45", None): (0.90, -0.1), ("dpm_solver_2", 24): (1.00, 0.02), ("dpm_solver_2", 48): (1.00, 0.03)}
+PARETO_FRONT = [("ddim", 6), ("ddim", 12), ("heun", 6), ("dpm_solver_3", 12), ("dpm_solver_2", 24)]
+
+
+def pareto_rows() -> pd.DataFrame:
+    """Two seeds per cell at +-10% of the values above, and a failed cell that would lead the front if counted."""
+    rows = [dict(model="gmm2d", schedule="vp", prediction="eps", solver=solver, kind="ode", nfe=nfe,
+                 nfe_used=nfe or 30, seed=seed, status="ok", wall_s=wall * (1 + d), model_s=wall / 2,
+                 nll_gap=gap * (1 + d), swd=1.0)
+            for (solver, nfe), (wall, gap) in PARETO_CELLS.items() for seed, d in enumerate((-0.1, 0.1))]
+    rows.append(dict(model="gmm2d", schedule="vp", prediction="eps", solver="euler", kind="ode", nfe=3, seed=0,
+                     status="failed", wall_s=0.01, message="ModelOutputError: NaN"))
+    return conform(pd.DataFrame(rows)).assign(run="r", group="gmm2d")
+
+
+def test_pareto_front_known_cells():
+    cells = plots.time_cells(pareto_rows(), "nll_gap")
+    assert len(cells) == len(PARETO_CELLS)
+    front = plots.pareto_front(cells)
+    got = [(s, None if pd.isna(n) else int(n)) for s, n in zip(front["solver"], front["nfe"])]
+    assert got == PARETO_FRONT  # exactly these, fastest first
+    assert front["q"].tolist() == pytest.approx([abs(PARETO_CELLS[c][1]) for c in PARETO_FRONT])
+    # the bare rule: duplicates both stay; equal quality at a longer time and equal time at a worse quality do not
+    pts = pd.DataFrame({"wall_s": [1, 1, 2, 1, 3, 0.5], "q": [2, 2, 2, 3, 1, 9]})
+    assert plots.pareto_front(pts).index.tolist() == [5, 0, 1, 4]
+    # the report's table lists the same cells
+    rows = pareto_rows()
+    sec = report.pareto_section(rows, {"gmm2d": "nll_gap"})
+    table = next(b for b in sec.blocks if isinstance(b, report.Table))
+    assert [(r[0], r[1]) for r in table.rows] == [(s, "adaptive @30" if n is None else str(n)) for s, n in PARETO_FRONT]
+    assert table.columns == ["solver", "NFE", "wall-clock (s)", "|NLL gap| (nats)"]
+
+
+def test_summary_table_shows_failed_and_skipped_cells(single):
+    md = (single[1] / "report.md").read_text()
+    summary = md.split("## Summary")[1].split("\n## ")[0]
+    euler = next(ln for ln in summary.splitlines() if ln.startswith("| euler |"))
+    header = next(ln for ln in summary.splitlines() if ln.startswith("| solver | NFE 3 |"))
+    assert euler.split(" | ")[1] == "**failed**" and header.split(" | ")[1] == "NFE 3"
+    assert "| skipped |" in summary.split("### digits")[1]
 
 
 def test_fit_order_rule():
@@ -174,7 +232,13 @@ def test_compare_marks_regressions(runs, tmp_path):
     assert "<td class=bad>+30.0%</td>" in text and "<td class=good>-20.0%</td>" in text
     assert "<p class=bad>heun: worse (median change of the headline metric +30.0% over 5 cells; 5 regressions)" in text
     assert "dpm_solver_2: better (median change of the headline metric -20.0% over 5 cells; 0 regressions)" in md
-    assert "ddim: unchanged" in md
+    assert "<p class=bad>Worse: heun.</p>" in text and "<p class=good>Better: dpm_solver_2.</p>" in text
+    unchanged = next(ln for ln in md.splitlines() if ln.startswith("Unchanged"))
+    assert set(unchanged.split(": ")[1].rstrip(".").split(", ")) == set(SOLVERS) - {"heun", "dpm_solver_2"}
+    # the per-cell grid: every common cell of heun in red, dpm_solver_2's in plain text (green in the HTML)
+    grid = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines() if ln.startswith("| ") and ln.count("%") >= 5}
+    assert grid["heun"].count("**+30.0%**") == len(NFES) and grid["dpm_solver_2"].count("-20.0%") == len(NFES)
+    assert grid["ddim"].count("+0.0%") == len(NFES)
     listed = [ln for ln in md.splitlines() if ln.startswith("| digits | ") and ("improved" in ln or "regression" in ln)]
     assert len(listed) == 10 and all("| heun |" in ln or "| dpm_solver_2 |" in ln for ln in listed)
     assert all("**regression**" in ln for ln in listed if "| heun |" in ln)
@@ -224,6 +288,8 @@ def test_cli_bad_input_exits_2(runs, tmp_path, capsys):
 def test_cli_md_only_and_screenshot_needs_chromium(runs, tmp_path, capsys, monkeypatch):
     assert bench_main(["report", str(runs[1]), "--format", "md", "--out", str(tmp_path / "md")]) == 0
     assert (tmp_path / "md" / "report.md").is_file() and not (tmp_path / "md" / "report.html").exists()
+    with pytest.raises(report.ReportError, match="1400,3000"):
+        report.screenshot(tmp_path / "r.html", tmp_path / "r.png", "wide")
     monkeypatch.setattr(report.shutil, "which", lambda name: None)
     code, err = _cli(capsys, runs[0], "--out", tmp_path / "s", "--screenshot", tmp_path / "s.png")
     assert code == 2 and "chromium" in err.lower()
