@@ -237,11 +237,12 @@ def _check_adaptive(opts):
 
 
 def _steps_singlestep(order: int):
-    return lambda nfe: len(singlestep_orders(order, nfe))
+    return lambda nfe, options: len(singlestep_orders(order, nfe))
 
 
 register(SolverSpec("ddim", ddim, "ode", 1, "logsnr", 1, steps_every(1), options={"eta": 0.0},
-                    check_options=_check_eta, description="DDIM; eta=0 deterministic, eta=1 DDPM ancestral"))
+                    check_options=_check_eta, description="DDIM; eta=0 deterministic, eta=1 DDPM ancestral",
+                    stochastic_if=lambda opts: opts["eta"] > 0))
 for _o in (1, 2, 3):
     register(SolverSpec(f"dpm_solver_{_o}", _singlestep(_o), "ode", _o, "logsnr", _o if _o == 1 else None,
                         _steps_singlestep(_o), description=f"singlestep DPM-Solver-{_o}"))

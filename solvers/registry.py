@@ -22,12 +22,19 @@ class SolverSpec:
     kind: str  # "ode" (deterministic, PF-ODE) or "sde" (stochastic)
     order: float  # ode: global order; sde: weak order
     default_grid: str
-    nfe_per_step: int | None  # fixed evaluations per step; None for adaptive or mixed
-    steps_for_nfe: Callable[[int], int] | None  # None for adaptive solvers
+    nfe_per_step: int | None  # fixed evaluations per step (with default options); None for adaptive or mixed
+    steps_for_nfe: Callable[[int, dict], int] | None  # (budget, resolved options) -> steps; None for adaptive
     valid_nfe: str = "any positive integer"
     options: dict = field(default_factory=dict)  # option name -> default
     check_options: Callable[[dict], None] | None = None
     description: str = ""
+    stochastic_if: Callable[[dict], bool] | None = None  # kind "ode" solvers that draw noise for some options
+
+    def stochastic(self, options: dict | None = None) -> bool:
+        """Whether this solver with these options draws noise: every 'sde' solver, and e.g. ddim with eta > 0."""
+        if self.kind == "sde":
+            return True
+        return self.stochastic_if is not None and bool(self.stochastic_if(self.resolve_options(options or {})))
 
     @property
     def adaptive(self) -> bool:
@@ -67,10 +74,10 @@ def get_solver(name: str) -> SolverSpec:
     return _REGISTRY[name]
 
 
-def steps_every(nfe_per_step: int) -> Callable[[int], int]:
+def steps_every(nfe_per_step: int) -> Callable[[int, dict], int]:
     """NFE rule of a solver that spends exactly `nfe_per_step` evaluations on every step."""
 
-    def steps(nfe: int) -> int:
+    def steps(nfe: int, options: dict) -> int:
         if nfe % nfe_per_step:
             raise ValueError(f"needs an NFE budget that is a multiple of {nfe_per_step}, got {nfe}")
         return nfe // nfe_per_step
@@ -125,7 +132,7 @@ def sample(model: Model, x_T: torch.Tensor, solver: str, nfe: int | None = None,
         if budget < 1:
             raise ValueError("denoise_final spends one evaluation of the budget: nfe must be at least 2")
         try:
-            steps = spec.steps_for_nfe(budget)
+            steps = spec.steps_for_nfe(budget, opts)
         except ValueError as e:
             raise ValueError(f"solver {spec.name!r} {e}; valid budgets: {spec.valid_nfe}"
                              + (" (plus 1 for denoise_final)" if denoise_final else "")) from None
