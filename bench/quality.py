@@ -157,14 +157,16 @@ def _cached_real_features(real: torch.Tensor, path: pathlib.Path, compute) -> to
 
 
 def fid_kid(samples: torch.Tensor, real: torch.Tensor, cache_dir=None, device: str = "cpu",
-            real_cache_name: str | None = None, inception_weights=None, kid_subsets: int = 100) -> dict:
+            real_cache_name: str | None = None, inception_weights=None, kid_subsets: int = 100,
+            feature_layer: str | None = None) -> dict:
     """FID and KID of `samples` against `real` (both (N, C, H, W) in [-1, 1]) through torch-fidelity.
 
     1x8x8: penultimate features of the digit classifier; 3x32x32: Inception-v3 pool features
     (weights downloaded by torch-fidelity, or `inception_weights` / $SAMPLERBENCH_INCEPTION_WEIGHTS).
     With `real_cache_name` the real features are cached under <cache dir>/fidelity, keyed by the
     extractor's weights and checked against the real data's hash. KID: 100 subsets of
-    min(1000, N) samples, torch-fidelity's cubic polynomial kernel and seed.
+    min(1000, N) samples, torch-fidelity's cubic polynomial kernel and seed. `feature_layer`
+    overrides the extractor's layer (Inception: '64', '192', '768', '2048'; digits: 'penultimate').
     """
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
@@ -180,7 +182,13 @@ def fid_kid(samples: torch.Tensor, real: torch.Tensor, cache_dir=None, device: s
     if not torch.isfinite(samples).all():
         raise ValueError("samples contain NaN or Inf")
     name, weights, tag, convert = _extractor_for(tuple(samples.shape[1:]), cache_dir, inception_weights)
-    layer = "penultimate" if name != "inception-v3-compat" else "2048"
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    provided = FEATURE_EXTRACTORS_REGISTRY[name].get_provided_features_list()
+    layer = feature_layer or FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric("fid")
+    if layer not in provided:
+        raise ValueError(f"unknown feature layer {layer!r} for {name}; valid: {', '.join(provided)}")
+    tag = f"{tag}-{layer}"
     extractor = create_feature_extractor(name, [layer], cuda=str(device).startswith("cuda"), verbose=False,
                                          feature_extractor_weights_path=weights)
     f_samples = _features(convert(samples.detach().cpu()), extractor, device)
@@ -191,7 +199,11 @@ def fid_kid(samples: torch.Tensor, real: torch.Tensor, cache_dir=None, device: s
     else:
         f_real = _features(real_in, extractor, device)
     f_samples, f_real = f_samples.double(), f_real.double()
-    fid = fid_statistics_to_metric(fid_features_to_statistics(f_samples), fid_features_to_statistics(f_real), False)
-    kid = kid_features_to_metric(f_samples, f_real, kid_subsets=kid_subsets, verbose=False,
-                                 kid_subset_size=min(1000, len(f_samples), len(f_real)))
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):  # small matrices: threads only contend (10x slower on a busy CPU)
+        fid = fid_statistics_to_metric(fid_features_to_statistics(f_samples), fid_features_to_statistics(f_real),
+                                       False)
+        kid = kid_features_to_metric(f_samples, f_real, kid_subsets=kid_subsets, verbose=False,
+                                     kid_subset_size=min(1000, len(f_samples), len(f_real)))
     return {"fid": float(fid[KEY_METRIC_FID]), "kid": float(kid[KEY_METRIC_KID_MEAN])}
