@@ -100,6 +100,21 @@ def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str, logy: boo
     plt.close(fig)
 
 
+def _adaptive_used(ok: pd.DataFrame) -> pd.Series:
+    """Mean NFE used per (run, solver) of the adaptive rows: where their stars are drawn."""
+    a = ok[ok["nfe"].isna()]
+    return a["nfe_used"].astype(float).groupby([a["run"], a["solver"]]).mean()
+
+
+def _nfe_ticks(budgets, adaptive_used) -> np.ndarray:
+    """Ticks at the NFE budgets swept, plus the NFE adaptive solvers used where that leaves room for the label."""
+    ticks = sorted(float(b) for b in budgets)
+    for u in sorted(set(np.round(pd.to_numeric(adaptive_used, errors="coerce").dropna().astype(float)))):
+        if u > 0 and all(abs(np.log(u / t)) > np.log(1.3) for t in ticks):
+            ticks.append(u)
+    return np.array(sorted(ticks))
+
+
 def _positive(values: pd.Series) -> bool:
     v = values.dropna()
     return len(v) > 0 and bool((v > 0).all())
@@ -138,7 +153,8 @@ def quality_vs_nfe(rows: pd.DataFrame, metric: str, title: str, path: Path) -> b
                     label="failed (no ok seed)")] if len(failed) else []
     _legend(ax, {s: s for s in _ordered_solvers(ok)}, runs, bool(ok["nfe"].isna().any()), extra)
     _finish(fig, ax, path, title, "NFE (model evaluations per sample)", f"{_label(metric)} — lower is better",
-            logy=_positive(ok["q"]), xticks=np.union1d(fixed["nfe"].unique(), failed["nfe"].to_numpy(dtype=float)))
+            logy=_positive(ok["q"]),
+            xticks=_nfe_ticks(np.union1d(fixed["nfe"].unique(), failed["nfe"].to_numpy(dtype=float)), _adaptive_used(ok)))
     return True
 
 
@@ -181,7 +197,8 @@ def error_vs_nfe(rows: pd.DataFrame, title: str, path: Path) -> bool:
         labels[solver] = f"{solver}  p = {' / '.join(finite)}" if finite else solver
     _legend(ax, labels, runs, bool(ok["nfe"].isna().any()))
     _finish(fig, ax, path, title + "  (p: order fitted over the pale range)", "NFE (model evaluations per sample)",
-            f"{LABELS['error_rmse']} (data units)", xticks=ok["nfe"].dropna().astype(float).unique())
+            f"{LABELS['error_rmse']} (data units)",
+            xticks=_nfe_ticks(ok["nfe"].dropna().astype(float).unique(), _adaptive_used(ok)))
     return True
 
 

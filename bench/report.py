@@ -410,7 +410,7 @@ def make_report(run_dirs, out_dir=None, formats=FORMATS, target=None, order_tol:
         raise ReportError(f"cannot create the output directory {out}: {e}") from None
 
     figures = plots.make_figures(rows, metrics, out)
-    sections = [summary_section(rows, metrics), Section("Figures", list(figures) or ["No ok cells to plot."]),
+    sections = [summary_section(rows, metrics), Section("Figures", list(figures) or ["No figures: no ok cell has a quality metric, a reference error or a wall-clock."]),
                 order_section(rows, order_tol),
                 target_section(rows, metrics, goal), pareto_section(rows, metrics)]
     if len(runs) > 1:

@@ -301,7 +301,7 @@ def test_report_renders_when_no_cell_is_ok(tmp_path):
     (run / "manifest.json").unlink()
     md = report.make_report([run], formats=("md",)).read_text()
     assert f"{len(rows)} of {len(rows)} cells did not finish ok" in md
-    assert "No ok cells to plot." in md and "no manifest.json" in md
+    assert "No figures: no ok cell" in md and "no manifest.json" in md
     assert not list((run / "report").glob("*.png"))
     with pytest.raises(report.ReportError, match="valid: html, md"):
         report.make_report([run], formats=("pdf",))
