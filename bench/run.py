@@ -73,14 +73,20 @@ def _csv(kind, valid=None, allow_all=False):
     return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return v
+def _at_least(minimum: int):
+    """An argparse type: an integer >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = minimum - 1
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return v
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def _writable_dir(text: str) -> Path:
@@ -123,12 +129,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=_csv("seed"), default=[0], help="seeds of the prior noise (default 0)")
     p.add_argument("--schedules", type=_csv("schedule", _schedules), default=["vp"],
                    help="noise schedules, vp and/or ve (default vp; trained models are trained for each on first use)")
-    p.add_argument("--samples", type=_positive, default=None,
+    p.add_argument("--samples", type=_at_least(1), default=None,
                    help="samples per cell (default: 2000 for 2-D models, 500 for image models)")
-    p.add_argument("--batch-size", type=_positive, default=None,
+    p.add_argument("--batch-size", type=_at_least(1), default=None,
                    help="samples per solver call (default: all of a rank's samples; does not change samples, "
                         "except for adaptive solvers, which solve each batch as one system)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto: cuda if available")
+    p.add_argument("--threads", type=_at_least(0), default=1,
+                   help="CPU threads per process (default 1: small solver steps run fastest and their timings do "
+                        "not depend on other load; 0: torch's default)")
     p.add_argument("--out", type=_writable_dir, default=None, help="run directory (default: results/runs/...)")
     p.add_argument("--cache-dir", default=None,
                    help="model and statistics cache (default $SAMPLERBENCH_CACHE, else ~/.cache/samplerbench)")
@@ -230,6 +239,9 @@ def main_run(args) -> int:
             print("python -m bench run: error: argument --device: cuda is not available; valid: auto, cpu",
                   file=sys.stderr)
             return 2
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     world = dist.init(args.device)
     try:
         return _run(args, world)

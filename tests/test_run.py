@@ -28,6 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 NFES = [5, 8]  # 5 is a budget heun (even) and pc (multiples of 2) cannot spend: skipped rows
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """As `bench run` does by default: small solver steps run fastest on one thread, also on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_image_mixture() -> GaussianMixture:
     """An exact 3-component mixture shaped like 1x4x4 images, so the image-metric path runs on an exact score."""
     g = torch.Generator().manual_seed(3)
@@ -160,7 +169,8 @@ def test_x_T_does_not_depend_on_batch_size(tmp_path):
     (["--nfe", "10,2.5"], "NFE must be comma-separated positive integers"),
     (["--seeds", "-1"], "seed must be comma-separated non-negative integers"),
     (["--schedules", "vp,subvp"], "unknown schedule 'subvp'; valid: vp, ve"),
-    (["--samples", "0"], "must be a positive integer"),
+    (["--samples", "0"], "must be an integer >= 1"),
+    (["--threads", "-1"], "must be an integer >= 0"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
     (["--sovlers", "ddim"], "unrecognized arguments: --sovlers"),
 ])

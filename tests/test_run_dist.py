@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
+import torch
 
 from bench.dist import World
 from bench.sweep import Sweep, run_sweep
@@ -41,7 +41,13 @@ def test_two_gloo_processes_match_one(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, out[-3000:]
-    one = run_sweep(Sweep(["gmm2d"], SOLVERS, NFES, [0, 1], samples=150), tmp_path / "one", World(), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun rank (OMP_NUM_THREADS=1)
+    try:
+        one = run_sweep(Sweep(["gmm2d"], SOLVERS, NFES, [0, 1], samples=150), tmp_path / "one", World(),
+                        progress=False)
+    finally:
+        torch.set_num_threads(threads)
     two = pd.read_parquet(tmp_path / "two" / "results.parquet")
     assert set(two.device) == {"cpu"}
     a, b = (d.sort_values(KEY).reset_index(drop=True) for d in (one, two))
