@@ -260,7 +260,7 @@ def _run(args, world) -> int:
     from .store import RunLock, RunLocked, write_json
     from .sweep import Sweep, run_sweep
 
-    models = args.models or list(getattr(reference_models, "DEFAULT_MODELS", reference_models.list_models()))
+    models = args.models or list(reference_models.DEFAULT_MODELS)
     solvers = args.solvers or list_solvers()
     config = _config(args, models, solvers)
     config_id = _config_id(config)
