@@ -1,4 +1,5 @@
-"""Report figures, made only from result tables: quality and error vs NFE, quality vs wall-clock, solver overhead.
+"""Report figures, made only from result tables: quality and error vs NFE, quality vs wall-clock with its Pareto
+front, solver overhead.
 
 Every figure colours a solver the same way (`solver_colour`), whichever solvers a run holds.
 """

@@ -33,7 +33,7 @@ vertical-align:top}td:first-child{white-space:nowrap}th{background:#f2f2f4}tr:nt
 font-weight:600}td.bad{background:#fde2df!important}.bad{color:#a50e0e;font-weight:600}td.warn{background:#fff4d1!important}
 p{margin:6px 0}.sw{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:6px;vertical-align:-1px}
 figure{margin:10px 0 26px}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:13px}
-p.meta{color:#555}"""
+p.meta{color:#555}p.toc{font-size:14px}p.toc a{color:#1a5fb4;text-decoration:none}"""
 
 
 def _cell(c) -> tuple[str, str | None]:
@@ -67,8 +67,10 @@ def render_html(title: str, meta: str, sections: list[Section]) -> str:
     """One HTML page with its CSS and images inline."""
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><p class='meta'>{html.escape(meta)}</p>"]
-    for sec in sections:
-        out.append(f"<h2>{html.escape(sec.title)}</h2>")
+    out.append("<p class='toc'>" + " · ".join(f"<a href='#s{i}'>{html.escape(sec.title)}</a>"
+                                             for i, sec in enumerate(sections)) + "</p>")
+    for i, sec in enumerate(sections):
+        out.append(f"<h2 id='s{i}'>{html.escape(sec.title)}</h2>")
         out += [_html_block(b) for b in sec.blocks]
     return "\n".join(out) + "\n</body></html>\n"
 

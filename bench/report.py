@@ -2,7 +2,8 @@
 
 Reads each run's results.parquet (schema: bench/schema.py) and manifest.json. The report holds a summary of
 the headline metric, figures (bench/plots.py), measured vs declared orders (bench/orders.py), the smallest
-NFE that reaches a quality target, a comparison of later runs with the first, failed cells and provenance.
+NFE that reaches a quality target, the quality vs wall-clock Pareto front, a comparison of later runs with the
+first, failed cells and provenance.
 """
 from __future__ import annotations
 

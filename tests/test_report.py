@@ -98,7 +98,7 @@ def test_report_files_and_every_png_has_content(single):
     assert text.count("src='data:image/png;base64,") == len(pngs) and "<img src='" not in text
     for section in ("Summary", "Figures", "Convergence order", "NFE to reach a quality target",
                     "Pareto front: quality vs wall-clock", "Failed and skipped cells", "Provenance"):
-        assert f"<h2>{section}</h2>" in text and f"\n## {section}\n" in md
+        assert f"'>{section}</h2>" in text and f"\n## {section}\n" in md and f"'>{section}</a>" in text
     for png in pngs:
         assert f"]({png.name})" in md
         with Image.open(png) as im:
