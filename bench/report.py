@@ -438,15 +438,21 @@ def find_chromium() -> str:
     return exe
 
 
+def parse_size(size: str) -> list[int]:
+    """'1400' -> [1400] (whole page), '1400,3000' -> [1400, 3000] (fixed window)."""
+    parts = str(size).split(",")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ReportError(f"bad --screenshot-size {size!r}: give W (whole page) or W,H in pixels, e.g. 1400 or 1400,3000")
+    return [int(p) for p in parts]
+
+
 def screenshot(html_path: Path, png_path: Path, size: str = "1400") -> Path:
     """Render the HTML report to a PNG with headless Chromium (a check for a person; not needed by tests or CI).
 
     `size` is "W,H" for a fixed window, or "W" for the whole page: rendered in a window TALL pixels high
     and cropped below the last non-white row.
     """
-    parts = str(size).split(",")
-    if len(parts) not in (1, 2) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise ReportError(f"bad --screenshot-size {size!r}: give W (whole page) or W,H in pixels, e.g. 1400 or 1400,3000")
+    parts = parse_size(size)
     whole = len(parts) == 1
     exe = find_chromium()
     with tempfile.TemporaryDirectory() as profile:
@@ -493,6 +499,7 @@ def main_report(args) -> int:
         if args.screenshot and "html" not in formats:
             raise ReportError("--screenshot renders the HTML report: include html in --format")
         if args.screenshot:
+            parse_size(args.screenshot_size)
             find_chromium()
         path = make_report(args.runs, args.out, formats, args.target, args.order_tol, args.compare_tol)
         print(f"report: {path}")

@@ -291,8 +291,9 @@ def test_cli_bad_input_exits_2(runs, tmp_path, capsys):
 def test_cli_md_only_and_screenshot_needs_chromium(runs, tmp_path, capsys, monkeypatch):
     assert bench_main(["report", str(runs[1]), "--format", "md", "--out", str(tmp_path / "md")]) == 0
     assert (tmp_path / "md" / "report.md").is_file() and not (tmp_path / "md" / "report.html").exists()
-    with pytest.raises(report.ReportError, match="1400,3000"):
-        report.screenshot(tmp_path / "r.html", tmp_path / "r.png", "wide")
+    code, err = _cli(capsys, runs[1], "--out", tmp_path / "w", "--screenshot", tmp_path / "w.png",
+                     "--screenshot-size", "wide")
+    assert code == 2 and "1400,3000" in err and not (tmp_path / "w").exists()
     monkeypatch.setattr(report.shutil, "which", lambda name: None)
     code, err = _cli(capsys, runs[0], "--out", tmp_path / "s", "--screenshot", tmp_path / "s.png")
     assert code == 2 and "chromium" in err.lower()
