@@ -11,6 +11,7 @@ import math
 import torch
 
 from .model import Model
+from .noise import randn_like
 from .registry import SolverSpec, register, steps_every
 
 
@@ -27,8 +28,8 @@ class _Times:
 
 def _point(schedule, lam: float) -> tuple[float, float, float]:
     """(t, log alpha, sigma) at log-SNR `lam`."""
-    t = schedule.t_of_lambda(torch.tensor(lam, dtype=torch.float64))
-    return float(t), float(schedule.log_alpha(t)), float(schedule.sigma(t))
+    c = schedule.at(float(schedule.t_of_lambda(torch.tensor(lam, dtype=torch.float64))))
+    return c.t, c.log_alpha, c.sigma
 
 
 # --- single updates s -> t (eps_s may be given to reuse an evaluation) --------------------
@@ -36,10 +37,8 @@ def _point(schedule, lam: float) -> tuple[float, float, float]:
 
 def first_update(model: Model, x, s, t, eps_s=None):
     """DPM-Solver-1 = DDIM (eta=0): x_t = (alpha_t/alpha_s) x_s - sigma_t expm1(h) eps_s. Order 1, 1 NFE."""
-    sched = model.schedule
-    la_s, la_t = float(sched.log_alpha(s)), float(sched.log_alpha(t))
-    h = float(sched.lambda_(t)) - float(sched.lambda_(s))
-    sig_t = float(sched.sigma(t))
+    cs, ct = model.schedule.at(s), model.schedule.at(t)
+    la_s, la_t, h, sig_t = cs.log_alpha, ct.log_alpha, ct.lam - cs.lam, ct.sigma
     if eps_s is None:
         eps_s = model.eps(x, s)
     return math.exp(la_t - la_s) * x - (sig_t * math.expm1(h)) * eps_s
@@ -48,10 +47,9 @@ def first_update(model: Model, x, s, t, eps_s=None):
 def second_update(model: Model, x, s, t, r1=0.5, eps_s=None, return_mid=False):
     """DPM-Solver-2 (Algorithm 1 of the paper) with midpoint at lambda_s + r1 h. Order 2, 2 NFE."""
     sched = model.schedule
-    la_s, la_t = float(sched.log_alpha(s)), float(sched.log_alpha(t))
-    lam_s, lam_t = float(sched.lambda_(s)), float(sched.lambda_(t))
-    sig_t = float(sched.sigma(t))
-    h = lam_t - lam_s
+    cs, ct = sched.at(s), sched.at(t)
+    la_s, la_t, lam_s, sig_t = cs.log_alpha, ct.log_alpha, cs.lam, ct.sigma
+    h = ct.lam - cs.lam
     s1, la_1, sig_1 = _point(sched, lam_s + r1 * h)
     if eps_s is None:
         eps_s = model.eps(x, s)
@@ -65,10 +63,9 @@ def second_update(model: Model, x, s, t, r1=0.5, eps_s=None, return_mid=False):
 def third_update(model: Model, x, s, t, r1=1.0 / 3.0, r2=2.0 / 3.0, eps_s=None, eps_1=None):
     """DPM-Solver-3 (Algorithm 2 of the paper), intermediate points at r1 h and r2 h. Order 3, 3 NFE."""
     sched = model.schedule
-    la_s, la_t = float(sched.log_alpha(s)), float(sched.log_alpha(t))
-    lam_s, lam_t = float(sched.lambda_(s)), float(sched.lambda_(t))
-    sig_t = float(sched.sigma(t))
-    h = lam_t - lam_s
+    cs, ct = sched.at(s), sched.at(t)
+    la_s, la_t, lam_s, sig_t = cs.log_alpha, ct.log_alpha, cs.lam, ct.sigma
+    h = ct.lam - cs.lam
     s1, la_1, sig_1 = _point(sched, lam_s + r1 * h)
     s2, la_2, sig_2 = _point(sched, lam_s + r2 * h)
     if eps_s is None:
@@ -92,10 +89,10 @@ def ddim(model: Model, x, grid, nfe=None, generator=None, eta: float = 0.0):
     """DDIM (Song et al. 2021, eq. 12). eta=0: deterministic, order 1; eta=1: DDPM ancestral. 1 NFE/step.
 
     Written in alpha, sigma: x_t = alpha_t x0 + sqrt(sigma_t^2 - c^2) eps + c z with
-    c = eta sigma_t sqrt(1 - e^{-2h}), which is DDIM's sigma_t for VP and extends to any schedule.
+    c = eta sigma_t sqrt(1 - e^{-2h}), which is DDIM's sigma_t for VP and extends to any schedule
+    (eta = 1: the exact posterior std of q(x_t | x_s, x0), e.g. sigma_t sqrt(sigma_s^2 - sigma_t^2) / sigma_s
+    for VE). For eta > 1, c is capped at sigma_t. Noise comes from `generator` (see solvers.noise).
     """
-    from .noise import randn_like
-
     tt = _Times(model.schedule, grid)
     for i in range(len(tt.t) - 1):
         a_s, a_t = math.exp(tt.log_alpha[i]), math.exp(tt.log_alpha[i + 1])
@@ -199,7 +196,7 @@ def dpm_solver_adaptive(model: Model, x, grid, nfe=None, generator=None, order: 
     """
     sched = model.schedule
     t_s, t_end = float(grid[0]), float(grid[-1])
-    lam_s, lam_end = float(sched.lambda_(t_s)), float(sched.lambda_(t_end))
+    lam_s, lam_end = sched.at(t_s).lam, sched.at(t_end).lam
     accepted, h, eps_s = [t_s], h_init, None
     while lam_s < lam_end:
         last = h >= lam_end - lam_s

@@ -44,6 +44,7 @@ class Model:
         self.prediction = prediction
         self.check_outputs = check_outputs
         self.nfe = 0
+        self._pending: list = []  # (evaluation, t, finite flag) of CUDA outputs not checked yet
         self.model_time_s = 0.0  # wall-clock spent inside fn (synchronised on CUDA)
         self.timing = False
 
@@ -53,10 +54,7 @@ class Model:
     def reset(self) -> None:
         self.nfe = 0
         self.model_time_s = 0.0
-
-    def coefficients(self, t: float) -> tuple[float, float]:
-        """(alpha(t), sigma(t)) as Python floats computed in float64."""
-        return float(self.schedule.alpha(t)), float(self.schedule.sigma(t))
+        self._pending = []
 
     # --- the one place that calls the network ------------------------------------------
     def raw(self, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -74,17 +72,32 @@ class Model:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ModelOutputError(
                     f"model output has shape {got}, expected {tuple(x.shape)} (evaluation {self.nfe} at t={float(t):.6g})", float(t))
-            if not torch.isfinite(out).all():
+            finite = torch.isfinite(out).all()
+            if out.is_cuda:  # checked in check_pending(), so that no evaluation waits for the GPU
+                self._pending.append((self.nfe, float(t), finite))
+                if len(self._pending) >= 1024:
+                    self.check_pending()
+            elif not finite:
                 raise ModelOutputError(
                     f"model returned NaN/Inf (evaluation {self.nfe} at t={float(t):.6g})", float(t))
         return out.to(x.dtype)
 
+    def check_pending(self) -> None:
+        """Raise for the first evaluation whose output was NaN/Inf among those not checked yet (CUDA)."""
+        pending, self._pending = self._pending, []
+        if pending:
+            ok = torch.stack([f for _, _, f in pending]).cpu()
+            if not bool(ok.all()):
+                nfe, t, _ = pending[int((~ok).nonzero()[0])]
+                raise ModelOutputError(f"model returned NaN/Inf (evaluation {nfe} at t={t:.6g})", t)
+
     # --- forms --------------------------------------------------------------------------
     def eps(self, x: torch.Tensor, t: float) -> torch.Tensor:
         out = self.raw(x, t)
-        a, s = self.coefficients(t)
         if self.prediction == "eps":
             return out
+        c = self.schedule.at(t)
+        a, s = c.alpha, c.sigma
         if self.prediction == "score":
             return -s * out
         if self.prediction == "x0":
@@ -93,7 +106,8 @@ class Model:
 
     def x0(self, x: torch.Tensor, t: float) -> torch.Tensor:
         out = self.raw(x, t)
-        a, s = self.coefficients(t)
+        c = self.schedule.at(t)
+        a, s = c.alpha, c.sigma
         if self.prediction == "eps":
             return (x - s * out) / a
         if self.prediction == "score":
@@ -105,17 +119,17 @@ class Model:
     def score(self, x: torch.Tensor, t: float) -> torch.Tensor:
         if self.prediction == "score":
             return self.raw(x, t)
-        return self.eps(x, t) / -float(self.schedule.sigma(t))
+        return self.eps(x, t) / -self.schedule.at(t).sigma
 
     def ode_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """Probability-flow ODE: dx/dt = f(t) x - g(t)^2 / 2 * score = f x + g^2 / (2 sigma) eps."""
-        f, g2, s = float(self.schedule.f(t)), float(self.schedule.g2(t)), float(self.schedule.sigma(t))
-        return f * x + (0.5 * g2 / s) * self.eps(x, t)
+        c = self.schedule.at(t)
+        return c.f * x + (0.5 * c.g2 / c.sigma) * self.eps(x, t)
 
     def sde_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """Reverse-time SDE drift (in t): f(t) x - g(t)^2 score = f x + g^2 / sigma eps."""
-        f, g2, s = float(self.schedule.f(t)), float(self.schedule.g2(t)), float(self.schedule.sigma(t))
-        return f * x + (g2 / s) * self.eps(x, t)
+        c = self.schedule.at(t)
+        return c.f * x + (c.g2 / c.sigma) * self.eps(x, t)
 
 
 def _sync(x: torch.Tensor) -> None:

@@ -146,6 +146,7 @@ def sample(model: Model, x_T: torch.Tensor, solver: str, nfe: int | None = None,
                 out, grid = out
             if denoise_final:
                 out = model.x0(out, float(grid[-1]))
+            model.check_pending()
     except ModelOutputError as e:
         step = int(torch.searchsorted(-grid, torch.tensor(-e.t, dtype=torch.float64), right=True))
         raise ModelOutputError(f"{spec.name}, step {max(step, 1)} of {len(grid) - 1}: {e}", e.t) from None

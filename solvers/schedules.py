@@ -7,6 +7,7 @@ lambda (Lu et al. 2022, DPM-Solver, Sec. 3); the SDE coefficients follow Song et
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -22,6 +23,19 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     idx = torch.searchsorted(xp, x.clamp(xp[0], xp[-1])).clamp(1, len(xp) - 1)
     x0, x1, f0, f1 = xp[idx - 1], xp[idx], fp[idx - 1], fp[idx]
     return f0 + (x - x0) * (f1 - f0) / (x1 - x0)
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """Every coefficient at one time t, as float64 Python floats."""
+
+    t: float
+    log_alpha: float
+    alpha: float
+    sigma: float
+    lam: float
+    f: float
+    g2: float
 
 
 class Schedule:
@@ -59,6 +73,21 @@ class Schedule:
 
     def g(self, t) -> torch.Tensor:
         return torch.sqrt(self.g2(t))
+
+    def at(self, t) -> Coefficients:
+        """All coefficients at the time t, memoised: solvers revisit the same grid times at every step."""
+        t = float(t)
+        memo = self.__dict__.setdefault("_memo", {})
+        c = memo.get(t)
+        if c is None:
+            tt = torch.tensor(t, dtype=_F64)
+            la = float(self.log_alpha(tt))
+            c = Coefficients(t, la, math.exp(la), float(self.sigma(tt)), float(self.lambda_(tt)), float(self.f(tt)),
+                             float(self.g2(tt)))
+            if len(memo) >= 65536:
+                memo.clear()
+            memo[t] = c
+        return c
 
     # --- prior ---------------------------------------------------------------------------
     def prior_sample(self, shape, generator=None, dtype=torch.float32, device="cpu") -> torch.Tensor:
