@@ -26,15 +26,14 @@ def forward_step(schedule, t_hi: float, t_lo: float) -> tuple[float, float]:
     a = alpha_hi / alpha_lo and v = sigma_hi^2 - a^2 sigma_lo^2 = -sigma_hi^2 expm1(2 (lambda_hi - lambda_lo)):
     for VP, a^2 = 1 - beta_i and v = beta_i; for VE, a = 1 and v = sigma_hi^2 - sigma_lo^2.
     """
-    t = torch.tensor([t_hi, t_lo], dtype=torch.float64)
-    la, lam, sig_hi = schedule.log_alpha(t).tolist(), schedule.lambda_(t).tolist(), float(schedule.sigma(t_hi))
-    return math.exp(la[0] - la[1]), -sig_hi * sig_hi * math.expm1(2.0 * (lam[0] - lam[1]))
+    hi, lo = schedule.at(t_hi), schedule.at(t_lo)
+    return math.exp(hi.log_alpha - lo.log_alpha), -hi.sigma * hi.sigma * math.expm1(2.0 * (hi.lam - lo.lam))
 
 
 def em_step(model: Model, x, t_cur: float, t_next: float, generator=None):
     """One Euler-Maruyama step of the reverse SDE: x + dt * drift + g(t) sqrt(|dt|) z, with dt < 0. 1 NFE."""
     dt = t_next - t_cur
-    g = float(model.schedule.g(t_cur))
+    g = math.sqrt(model.schedule.at(t_cur).g2)
     return x + dt * model.sde_drift(x, t_cur) + (g * math.sqrt(-dt)) * randn_like(x, generator)
 
 
@@ -64,7 +63,7 @@ def langevin_step(model: Model, x, t: float, snr: float, alpha: float, step_size
     if step_size == "batch":
         ratio = snr * float(_norms(z).mean()) / float(_norms(score).mean())
     else:
-        ratio = snr * float(model.schedule.sigma(t))
+        ratio = snr * model.schedule.at(t).sigma
     step = 2.0 * alpha * ratio * ratio
     return x + step * score + math.sqrt(2.0 * step) * z
 
