@@ -34,12 +34,18 @@ class FourierNoiseEmbedding(nn.Module):
 
 
 class ToyMLP(nn.Module):
-    """Residual MLP for 2-D data with the noise embedding added to every block."""
+    """Residual MLP for 2-D data with the noise embedding added to every block.
 
-    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, n_freq: int = 16):
+    The input is lifted by random Fourier features [x, sin 2 pi B x, cos 2 pi B x], B ~ N(0, fourier_scale^2)
+    (Tancik et al. 2020): without them the MLP's spectral bias misses the angular structure of 8gaussians.
+    """
+
+    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, n_freq: int = 16, n_fourier: int = 0,
+                 fourier_scale: float = 1.0):
         super().__init__()
         self.embed = FourierNoiseEmbedding(n_freq)
-        self.inp = nn.Linear(dim, hidden)
+        self.register_buffer("fourier", fourier_scale * torch.randn(dim, n_fourier))
+        self.inp = nn.Linear(dim + 2 * n_fourier, hidden)
         self.temb = nn.Sequential(nn.Linear(2 * n_freq, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
                                     for _ in range(depth))
@@ -47,6 +53,9 @@ class ToyMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
         emb = self.temb(self.embed(n))
+        if self.fourier.shape[1]:
+            proj = 2 * math.pi * x @ self.fourier
+            x = torch.cat([x, torch.sin(proj), torch.cos(proj)], dim=1)
         h = self.inp(x) + emb
         for block in self.blocks:
             h = h + block(h + emb)

@@ -53,7 +53,7 @@ def _pool_batcher(pool: torch.Tensor, flip: bool = False) -> Batcher:
     return draw
 
 
-_TOY_ARCH = {"type": "mlp", "dim": 2, "hidden": 128, "depth": 3, "n_freq": 16}
+_TOY_ARCH = {"type": "mlp", "dim": 2, "hidden": 128, "depth": 3, "n_freq": 16, "n_fourier": 32, "fourier_scale": 1.0}
 _DIGITS_ARCH = {"type": "unet2d", "sample_size": 8, "in_channels": 1, "out_channels": 1,
                 "block_out_channels": [32, 64], "layers_per_block": 1, "norm_num_groups": 8,
                 "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
