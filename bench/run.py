@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import schema
 
-DEFAULT_NFE = "6,10,20,50"
+DEFAULT_NFE = "6,10,20"
 RUNS_DIR = Path("results") / "runs"
 EPILOG = """\
 Cells: one per (model, schedule, solver, NFE, seed). Fixed-budget solvers get a row per NFE; a
@@ -33,7 +33,8 @@ Wasserstein and MMD to fresh data (2-D models), FID/KID to held-out data (image 
 exact models the NLL gap (mean -log p_t_end of the samples minus that of 20000 exact draws).
 Cost: wall_s times sampling only, after an untimed warm-up call; model_s is the time inside the
 network (wall_s - model_s is solver overhead); peak_mem_mb is CUDA's max allocated above the
-cell's start on GPU, and on CPU the growth of the peak resident set (VmHWM, reset per cell).
+cell's start on GPU, and on CPU the growth of the peak resident set (after malloc_trim; VmHWM,
+reset per cell).
 
 Output: DIR/results.jsonl (journal, one row per finished cell), DIR/results.parquet and .csv,
 DIR/manifest.json, a report in DIR/report. Run the same command again to resume an interrupted
@@ -135,7 +136,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedules", type=_csv("schedule", _schedules), default=["vp"],
                    help="noise schedules, vp and/or ve (default vp; trained models are trained for each on first use)")
     p.add_argument("--samples", type=_at_least(1), default=None,
-                   help="samples per cell (default: 2000 for 2-D models, 500 for image models)")
+                   help="samples per cell (default: 1000 for 2-D models, 200 for image models)")
     p.add_argument("--batch-size", type=_at_least(1), default=None,
                    help="samples per solver call (default: all of a rank's samples; does not change samples, "
                         "except for adaptive solvers, which solve each batch as one system)")

@@ -9,6 +9,7 @@ nfe_used measured).
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import time
@@ -29,7 +30,7 @@ from .dist import World
 from .store import Journal, atomic_write, write_tables
 
 # Default samples per cell, by the model's metric family (overridden by --samples).
-DEFAULT_SAMPLES = {"2d": 2000, "image": 500}
+DEFAULT_SAMPLES = {"2d": 1000, "image": 200}
 # Streams of per-sample seeds: prior noise, solver noise, real data.
 XT, NOISE, REAL = 0, 1, 2
 
@@ -116,9 +117,11 @@ def budget_problem(solver: str, nfe: int, schedule) -> str | None:
 class PeakMemory:
     """Peak memory of a cell above what was in use when it started, in MiB.
 
-    CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats. CPU: the kernel's peak
-    resident set (VmHWM in /proc/self/status), reset at the start by writing 5 to
-    /proc/self/clear_refs, minus the resident set then; NaN where that reset is not available.
+    CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats. CPU: free heap pages are
+    first handed back to the kernel (glibc malloc_trim, so that the cell's allocations show as new
+    resident pages), then the kernel's peak resident set (VmHWM in /proc/self/status) is reset by
+    writing 5 to /proc/self/clear_refs; the result is VmHWM at the end minus the resident set at the
+    start. NaN where that reset is not available.
     """
 
     def __init__(self, device: torch.device):
@@ -131,6 +134,10 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
             return
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
