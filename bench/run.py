@@ -28,7 +28,8 @@ nfe_used the evaluations they made per sample.
 
 Every solver of a (model, schedule, seed) group starts from the same prior noise; path errors are
 measured against a reference PF-ODE solution (DOP853 float64 for exact models, rk45 at 1e-6 for
-trained ones) cached in DIR/references. Stochastic samplers get no path error. Quality: sliced
+trained ones), cached in the model cache's references/ for later runs. Stochastic samplers get no
+path error. Quality: sliced
 Wasserstein and MMD to fresh data (2-D models), FID/KID to held-out data (image models), and for
 exact models the NLL gap (mean -log p_t_end of the samples minus that of 20000 exact draws).
 Cost: wall_s times sampling only, after an untimed warm-up call; model_s is the time inside the

@@ -69,6 +69,7 @@ class Journal:
     """Rows of one run, one JSON object per line, appended durably."""
 
     def __init__(self, run_dir: Path):
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
         self.path = Path(run_dir) / JOURNAL
         self.rows: list[dict] = self._read_and_repair()
 

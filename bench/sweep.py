@@ -10,6 +10,7 @@ nfe_used measured).
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import math
 import time
@@ -171,6 +172,23 @@ def _is_stochastic(spec, options: dict) -> bool:
     return bool(stochastic(options)) if callable(stochastic) else spec.kind == "sde"
 
 
+def reference_path(cache_dir, cell: Cell, ref: ReferenceModel, n: int) -> Path:
+    """Where a group's reference solution is cached: the model cache, keyed by the model's fingerprint.
+
+    The fingerprint is the checkpoint's config for trained models and the mixture's parameters for
+    exact ones, with the reference tolerances, so a later run reuses the solution and a retrained or
+    refitted model never does. The file also holds x_T, which is compared before use.
+    """
+    key = hashlib.sha256(json.dumps({"info": ref.info, "tol": [metrics.EXACT_REFERENCE_TOL,
+                                                                 metrics.TRAINED_REFERENCE_TOL]},
+                                    sort_keys=True, default=str).encode())
+    if ref.mixture is not None:
+        for t in (ref.mixture.means, ref.mixture.evals, ref.mixture.evecs, ref.mixture.log_weights):
+            key.update(t.contiguous().numpy().tobytes())
+    name = f"{cell.model}-{cell.schedule}-{cell.prediction}-seed{cell.seed}-n{n}-{key.hexdigest()[:16]}.safetensors"
+    return reference_models.cache_dir(cache_dir) / "references" / name
+
+
 class Group:
     """What the cells of one (model, schedule, seed) group share: model, x_T shard, reference, real data."""
 
@@ -193,8 +211,8 @@ class Group:
                                                   device=world.device)
         self.reference, self.reference_note = None, ""
         if needs_reference:
-            self.reference, self.reference_note = self._reference(run_dir / "references" / (
-                f"{cell.model}-{cell.schedule}-{cell.prediction}-seed{cell.seed}-n{self.n}.safetensors"))
+            self.reference, self.reference_note = self._reference(reference_path(sweep.cache_dir, cell, self.ref,
+                                                                                 self.n))
         self.real = self.exact_log_p = None
         if world.main:
             self.real = self.ref.data(self.n, torch.Generator().manual_seed(sample_seeds(self.seed, REAL, [0])[0]))
