@@ -6,7 +6,6 @@ features of the digit classifier (reference_models.features), for 3x32x32 images
 """
 from __future__ import annotations
 
-import math
 import pathlib
 
 import torch

@@ -11,10 +11,11 @@ import fcntl
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from reference_models.checkpoints import atomic_write
 
 from . import schema
 
@@ -120,22 +121,6 @@ def cell_key(row: dict) -> tuple:
         v = _jsonable(row.get(c))
         out.append(int(v) if isinstance(v, float) and v.is_integer() else v)
     return tuple(out)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync it and rename it over `path`: readers see the old file or the new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_tables(journal: Journal, run_dir: Path) -> pd.DataFrame:

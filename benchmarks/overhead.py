@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from solvers import Model, VPSchedule, get_solver, list_solvers, sample
+from solvers import Model, get_solver, list_solvers, sample
 
 NFES = (10, 50)
 BATCH = 256

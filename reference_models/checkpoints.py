@@ -28,21 +28,29 @@ def config_path(weights_path) -> pathlib.Path:
     return pathlib.Path(weights_path).with_suffix(".json")
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write `data` to a temporary file in the same directory, fsync it, then os.replace it into place."""
+def atomic_write(path, write) -> None:
+    """Call write(tmp_path) on a temporary file beside `path`, fsync it and rename it over `path`.
+
+    Readers see the old file or the new one, never a partial write; the directory is created.
+    """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` atomically (see atomic_write)."""
+    atomic_write(path, lambda p: pathlib.Path(p).write_bytes(data))
 
 
 def save_checkpoint(path, state_dict: dict[str, torch.Tensor], config: dict) -> pathlib.Path:

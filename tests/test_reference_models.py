@@ -1,7 +1,6 @@
 """Reference-model registry: every entry builds and samples, exact scores match their log-densities,
 trained models train deterministically for every prediction kind and schedule, the diffusers adapter."""
 import dataclasses
-import types
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ import torch
 import reference_models as rm
 from reference_models import train as tr
 from reference_models.cache import checkpoint_path
-from reference_models.nets import Denoiser
 from solvers import Model, sample
 
 TOY = [n for n in rm.list_models() if n.startswith("toy2d-")]
