@@ -102,11 +102,10 @@ def valid_budgets(name: str, options: dict, nfes=NFES) -> list[int | None]:
     spec = get_solver(name)
     if spec.adaptive:
         return [None]
-    opts = spec.resolve_options(options)
     ok = []
     for n in nfes:
         try:
-            spec.steps_for_nfe(n, opts)
+            spec.steps(n, options)
         except ValueError:
             continue
         ok.append(n)

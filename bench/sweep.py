@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 import reference_models
 from reference_models import ReferenceModel
-from solvers import Model, get_solver, per_sample_generators, sample
+from solvers import get_solver, per_sample_generators, sample
 
 from . import metrics, schema
 from .dist import World
@@ -94,25 +94,6 @@ def sample_seeds(seed: int, stream: int, indices) -> list[int]:
 def load_model(name: str, schedule: str, prediction: str, cache_dir, device, progress: bool) -> ReferenceModel:
     return reference_models.load(name, schedule=schedule, prediction=prediction, cache_dir=cache_dir,
                                  device=str(device), train=True, progress=progress)
-
-
-class _Probe(Exception):
-    pass
-
-
-def budget_problem(solver: str, nfe: int, schedule) -> str | None:
-    """Why `solver` cannot spend exactly `nfe` evaluations (the registry's message), or None if it can."""
-
-    def fn(x, t):
-        raise _Probe
-
-    try:
-        sample(Model(fn, schedule), torch.zeros(1, 1), solver, nfe=nfe, generator=torch.Generator())
-    except _Probe:
-        return None
-    except ValueError as e:
-        return str(e)
-    return None
 
 
 class PeakMemory:
@@ -261,9 +242,10 @@ def run_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep) -> dict | None
                timesteps="adaptive" if spec.adaptive else spec.default_grid,
                options=json.dumps(options, sort_keys=True), samples=group.n, device=str(world.device))
     if cell.nfe is not None:
-        problem = budget_problem(cell.solver, cell.nfe, model.schedule)
-        if problem:
-            return {**row, "status": "skipped", "message": problem} if world.main else None
+        try:
+            spec.steps(cell.nfe, options)
+        except ValueError as e:  # a budget the solver cannot spend exactly: the registry says why
+            return {**row, "status": "skipped", "message": str(e)} if world.main else None
 
     local = {"error": None}
     outs, calls, steps = [], [], []

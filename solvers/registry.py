@@ -40,6 +40,15 @@ class SolverSpec:
     def adaptive(self) -> bool:
         return self.steps_for_nfe is None
 
+    def steps(self, nfe: int, options: dict | None = None) -> int:
+        """Grid steps for a budget of exactly `nfe` evaluations; a ValueError naming the valid budgets if none."""
+        if self.adaptive:
+            raise ValueError(f"solver {self.name!r} is adaptive: set its tolerances (rtol, atol), not nfe")
+        try:
+            return self.steps_for_nfe(check_nfe(nfe), self.resolve_options(options or {}))
+        except ValueError as e:
+            raise ValueError(f"solver {self.name!r} {e}; valid budgets: {self.valid_nfe}") from None
+
     def resolve_options(self, given: dict) -> dict:
         unknown = sorted(set(given) - set(self.options))
         if unknown:
@@ -132,10 +141,9 @@ def sample(model: Model, x_T: torch.Tensor, solver: str, nfe: int | None = None,
         if budget < 1:
             raise ValueError("denoise_final spends one evaluation of the budget: nfe must be at least 2")
         try:
-            steps = spec.steps_for_nfe(budget, opts)
+            steps = spec.steps(budget, opts)
         except ValueError as e:
-            raise ValueError(f"solver {spec.name!r} {e}; valid budgets: {spec.valid_nfe}"
-                             + (" (plus 1 for denoise_final)" if denoise_final else "")) from None
+            raise ValueError(f"{e}{' (plus 1 for denoise_final)' if denoise_final else ''}") from None
         grid = make_grid(sched, timesteps, steps, t_start, t_end)
 
     start = model.nfe
