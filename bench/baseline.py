@@ -17,7 +17,6 @@ reported and pass; a row in the baseline but not measured, or measured but not i
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import pandas as pd
 import torch
 
 from reference_models import load
+from reference_models.threads import torch_threads
 from solvers import get_solver, list_solvers, per_sample_generators, reference_solution, sample
 
 from .metrics import EXACT_REFERENCE_TOL, path_errors
@@ -67,15 +67,9 @@ def order_band(name: str) -> tuple[float, float]:
     return ORDER_BANDS[int(get_solver(name).order)]
 
 
-@contextlib.contextmanager
 def single_thread():
     """Run torch on one CPU thread: reductions then sum in one order, and small tensors avoid OpenMP contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(1)
 
 
 def format_options(options: dict) -> str:

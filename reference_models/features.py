@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import cache, checkpoints, digits
+from .threads import torch_threads
 
 EXTRACTOR_NAME = "samplerbench-digits-cnn"
 FEATURES = ("penultimate", "logits")
@@ -66,9 +67,7 @@ def train_classifier(cache_dir=None, epochs: int | None = None, seed: int | None
     """Train the digit CNN (Adam, random 1-pixel shifts, one CPU thread: deterministic) and cache it."""
     epochs = TRAIN["epochs"] if epochs is None else int(epochs)
     seed = TRAIN["seed"] if seed is None else int(seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         start, cpu_start = time.perf_counter(), time.process_time()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -98,8 +97,6 @@ def train_classifier(cache_dir=None, epochs: int | None = None, seed: int | None
                   "test_accuracy": accuracy(net, xt, yt), "train_accuracy": accuracy(net, x, y),
                   "train_time_s": round(time.perf_counter() - start, 2),
                   "train_cpu_s": round(time.process_time() - cpu_start, 2), "versions": {"torch": torch.__version__}}
-    finally:
-        torch.set_num_threads(threads)
     return checkpoints.save_checkpoint(out_path or classifier_path(cache_dir), net.state_dict(), config)
 
 

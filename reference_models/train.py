@@ -20,6 +20,7 @@ from solvers.noise import randn
 
 from . import cache, checkpoints, datasets, digits, toy2d
 from .nets import TARGETS, Denoiser, build_net
+from .threads import torch_threads
 
 Batcher = Callable[[int, torch.Generator], torch.Tensor]  # (n, generator) -> n training points
 
@@ -152,14 +153,10 @@ def train(name: str, schedule: str = "vp", prediction: str = "eps", steps: int |
 
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
-    threads = torch.get_num_threads()
-    if str(device) == "cpu":  # one thread: reproducible across machines, and far faster on a shared CPU
-        torch.set_num_threads(1)
-    try:
+    # CPU: one thread, reproducible across machines and far faster on a shared CPU
+    with torch_threads(1 if str(device) == "cpu" else None):
         return _train(spec, schedule, prediction, steps, seed, cache_dir, device, progress, batch_size, data_root,
                       out_path)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(spec, schedule, prediction, steps, seed, cache_dir, device, progress, batch_size, data_root, out_path):
