@@ -100,9 +100,10 @@ class Journal:
             os.fsync(f.fileno())
         self.rows.append(json.loads(line))
 
-    def done(self) -> set[tuple]:
-        """Identity keys of every finished cell (ok, failed or skipped)."""
-        return {cell_key(r) for r in self.rows}
+    def done(self, retry_failed: bool = False) -> set[tuple]:
+        """Identity keys of every finished cell (ok, failed or skipped; without the failed ones with `retry_failed`)."""
+        last = {cell_key(r): r.get("status") for r in self.rows}
+        return {k for k, status in last.items() if not (retry_failed and status == "failed")}
 
     def table(self) -> pd.DataFrame:
         """The journal as a schema-conformant table, one row per cell (the last row of a cell wins)."""

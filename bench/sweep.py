@@ -72,6 +72,7 @@ class Sweep:
     batch_size: int | None = None  # None: a rank's whole shard in one batch
     cache_dir: str | None = None
     run_id: str = ""
+    repeats: int = 3  # timed repetitions of every cell: wall_s is their median
 
     def cells(self) -> list[Cell]:
         """The grid, grouped by (model, schedule, seed) so that each group loads its model once."""
@@ -324,14 +325,15 @@ def score(row: dict, x: torch.Tensor, group: Group, stochastic: bool, sweep: Swe
     return {**row, "status": "ok", "message": "; ".join(notes)}
 
 
-def run_sweep(sweep: Sweep, run_dir: Path, world: World, loader: Callable = load_model, progress: bool = True):
+def run_sweep(sweep: Sweep, run_dir: Path, world: World, loader: Callable = load_model, progress: bool = True,
+              retry_failed: bool = False):
     """Run every unfinished cell of `sweep` into `run_dir`; returns the results table on rank 0, None elsewhere.
 
     `loader(name, schedule, prediction, cache_dir, device, progress) -> ReferenceModel` builds a model
     (tests pass their own to inject faulty networks).
     """
     journal = Journal(run_dir) if world.main else None
-    done = world.broadcast(journal.done() if world.main else None)
+    done = world.broadcast(journal.done(retry_failed=retry_failed) if world.main else None)
     todo = [c for c in sweep.cells() if c.key not in done]
     bar = tqdm(total=len(todo), unit="cell", disable=not (progress and world.main), dynamic_ncols=True)
     warmed: set = set()
