@@ -49,6 +49,23 @@ class SolverSpec:
         except ValueError as e:
             raise ValueError(f"solver {self.name!r} {e}; valid budgets: {self.valid_nfe}") from None
 
+    def budgets(self, nfes, options: dict | None = None) -> list[int]:
+        """The budgets of `nfes` (in their order) that this solver spends exactly with `options`, by `steps`.
+
+        An adaptive solver spends no fixed budget: []. Unknown or invalid options are a ValueError.
+        """
+        self.resolve_options(options or {})
+        if self.adaptive:
+            return []
+        ok = []
+        for n in nfes:
+            try:
+                self.steps(n, options)
+            except ValueError:
+                continue
+            ok.append(n)
+        return ok
+
     def resolve_options(self, given: dict) -> dict:
         unknown = sorted(set(given) - set(self.options))
         if unknown:
