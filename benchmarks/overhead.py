@@ -113,7 +113,7 @@ def cases(nfes=NFES, networks=("identity", "unet"), solvers=None) -> list[Case]:
     for network in networks:
         for name in list_solvers() if solvers is None else solvers:
             spec = get_solver(name)
-            budgets = [None] if spec.adaptive else [n for n in nfes if _valid(spec, n)]
+            budgets = [None] if spec.adaptive else spec.budgets(nfes)
             out += [Case(name, network, n) for n in budgets]
             if network == "identity" and spec.stochastic():
                 out += [Case(name, network, n, label=f"{name} (per-sample generators)", generator="per-sample")
@@ -122,14 +122,6 @@ def cases(nfes=NFES, networks=("identity", "unet"), solvers=None) -> list[Case]:
             out += [Case(f"diffusers:{cls}", network, n, label=f"diffusers {cls}") for cls in DIFFUSERS.values()
                     for n in nfes]
     return out
-
-
-def _valid(spec, nfe) -> bool:
-    try:
-        spec.steps_for_nfe(nfe, spec.resolve_options({}))
-    except ValueError:
-        return False
-    return True
 
 
 class Bench:
