@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -16,9 +17,13 @@ from pathlib import Path
 import pandas as pd
 
 from . import schema
+from .cli import MAX_SEED, integer, integers, names, writable_dir
 
+PROG = "python -m bench run"
 DEFAULT_NFE = "6,10,20"
+DEFAULT_REPEATS = 3
 RUNS_DIR = Path("results") / "runs"
+MANIFEST = "manifest.json"
 EPILOG = """\
 Cells: one per (model, schedule, solver, NFE, seed). Fixed-budget solvers get a row per NFE; a
 budget a solver cannot spend exactly (heun: even NFE; pc: multiples of 1 + corrector_steps) gives
@@ -32,81 +37,29 @@ trained ones), cached in the model cache's references/ for later runs. Stochasti
 path error. Quality: sliced
 Wasserstein and MMD to fresh data (2-D models), FID/KID to held-out data (image models), and for
 exact models the NLL gap (mean -log p_t_end of the samples minus that of 20000 exact draws).
-Cost: wall_s times sampling only, after an untimed warm-up call; model_s is the time inside the
-network (wall_s - model_s is solver overhead); peak_mem_mb is CUDA's max allocated above the
-cell's start on GPU, and on CPU the growth of the peak resident set (after malloc_trim; VmHWM,
-reset per cell).
+Cost: every cell's sampling is timed --repeats times after an untimed warm-up call; wall_s is the
+median and wall_spread the spread of those repetitions ((max - min) / median). Timings depend on
+the machine's load: other work on it slows cells and widens the spread, so compare timings of runs
+made on a quiet machine (the manifest records the load average at the start and end). model_s is
+the time inside the network (wall_s - model_s is solver overhead); peak_mem_mb is CUDA's max
+allocated above the cell's start on GPU, and on CPU the growth of the peak resident set (after
+malloc_trim; VmHWM, reset per cell).
 
 Output: DIR/results.jsonl (journal, one row per finished cell), DIR/results.parquet and .csv,
 DIR/manifest.json, a report in DIR/report. Run the same command again to resume an interrupted
-run: finished cells (ok, failed or skipped) are kept, the others are run. Without --out, the
-newest unfinished run of the same configuration under results/runs/ is resumed, else a new
-results/runs/<date>-<config id>/ is made.
+run: finished cells (ok, skipped, and failed ones unless --retry-failed) are kept, the others are
+run, and a missing report is made. Without --out, the newest run of the same configuration under
+results/runs/ that is unfinished or has no report is resumed, else a new
+results/runs/<date>-<config id>/ is made. --out DIR must be new, empty, or a run of the same
+configuration (models, schedules, solvers, NFE, seeds, samples, repeats); anything else is refused.
 
 Under `torchrun --nproc_per_node=K -m bench run ...` the samples of every cell are sharded over
-the K ranks (gloo on CPU, nccl on CUDA) and rank 0 writes.
+the K ranks (gloo on CPU, nccl on CUDA) and rank 0 writes; every cell needs at least K samples.
 
-Exit status: 0 when the sweep completed (failed cells are rows, not errors); 2 for bad arguments;
-1 when another run holds DIR's lock or the run stopped on an error; 130 on Ctrl-C.
+Exit status: 0 when the sweep completed (failed cells are rows, not errors); 2 for bad arguments
+(an --out that holds something else, fewer samples than ranks); 1 when another run holds DIR's
+lock, a file cannot be written (a full disk) or the run stopped on an error; 130 on Ctrl-C.
 """
-
-
-def _csv(kind, valid=None, allow_all=False):
-    """An argparse type: comma-separated values of `kind`, checked against `valid()` names."""
-
-    def parse(text: str):
-        items = [s.strip() for s in text.split(",") if s.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError("give at least one value")
-        if valid is not None:
-            names = valid()
-            if allow_all and items == ["all"]:
-                return list(names)
-            bad = [s for s in items if s not in names]
-            if bad:
-                raise argparse.ArgumentTypeError(f"unknown {kind} {', '.join(map(repr, bad))}; valid: "
-                                                 f"{'all, ' if allow_all else ''}{', '.join(names)}")
-            return list(dict.fromkeys(items))
-        try:
-            values = [int(s) for s in items]
-        except ValueError:
-            values = None
-        if values is None or any(v < (1 if kind == "NFE" else 0) for v in values):
-            need = "positive integers" if kind == "NFE" else "non-negative integers"
-            raise argparse.ArgumentTypeError(f"{kind} must be comma-separated {need}, got {text!r}")
-        return list(dict.fromkeys(values))
-
-    parse.__name__ = kind  # argparse names the type in its messages
-    return parse
-
-
-def _at_least(minimum: int):
-    """An argparse type: an integer >= minimum."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            v = minimum - 1
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
-        return v
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def _writable_dir(text: str) -> Path:
-    """A directory that exists and is writable, or can be created under a writable parent."""
-    path = Path(text).expanduser()
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a directory ({probe} is a file)")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"cannot write to {text!r} ({probe} is not writable)")
-    return path
 
 
 def _solvers():
@@ -127,49 +80,149 @@ def _schedules():
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
-    p.add_argument("--solvers", type=_csv("solver", _solvers, allow_all=True), default=None,
+    p.add_argument("--solvers", type=names("solver", _solvers, allow_all=True), default=None,
                    help="'all' (default) or comma-separated solver names")
-    p.add_argument("--models", type=_csv("model", _models, allow_all=True), default=None,
+    p.add_argument("--models", type=names("model", _models, allow_all=True), default=None,
                    help="'all' or comma-separated model names (default: the default models of reference_models)")
-    p.add_argument("--nfe", type=_csv("NFE"), default=_csv("NFE")(DEFAULT_NFE),
+    p.add_argument("--nfe", type=integers("NFE", 1), default=integers("NFE", 1)(DEFAULT_NFE),
                    help=f"NFE budgets of fixed-budget solvers (default {DEFAULT_NFE})")
-    p.add_argument("--seeds", type=_csv("seed"), default=[0], help="seeds of the prior noise (default 0)")
-    p.add_argument("--schedules", type=_csv("schedule", _schedules), default=["vp"],
+    p.add_argument("--seeds", type=integers("seed", 0, MAX_SEED), default=[0],
+                   help=f"seeds of the prior noise, integers in [0, {MAX_SEED}] (default 0)")
+    p.add_argument("--schedules", type=names("schedule", _schedules), default=["vp"],
                    help="noise schedules, vp and/or ve (default vp; trained models are trained for each on first use)")
-    p.add_argument("--samples", type=_at_least(1), default=None,
+    p.add_argument("--samples", type=integer(1), default=None,
                    help="samples per cell (default: 1000 for 2-D models, 200 for image models)")
-    p.add_argument("--batch-size", type=_at_least(1), default=None,
+    p.add_argument("--repeats", type=integer(1), default=DEFAULT_REPEATS,
+                   help=f"timed repetitions of every cell; wall_s is their median, wall_spread their spread "
+                        f"(default {DEFAULT_REPEATS})")
+    p.add_argument("--batch-size", type=integer(1), default=None,
                    help="samples per solver call (default: all of a rank's samples; does not change samples, "
                         "except for adaptive solvers, which solve each batch as one system)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto: cuda if available")
-    p.add_argument("--threads", type=_at_least(0), default=1,
-                   help="CPU threads per process (default 1: small solver steps run fastest and their timings do "
-                        "not depend on other load; 0: torch's default)")
-    p.add_argument("--out", type=_writable_dir, default=None, help="run directory (default: results/runs/...)")
+    p.add_argument("--threads", type=integer(0), default=1,
+                   help="CPU threads per process (default 1: small solver steps run fastest on one thread; 0: "
+                        "torch's default). Other load on the machine still slows cells and widens wall_spread")
+    p.add_argument("--out", type=writable_dir, default=None,
+                   help="run directory: new, empty, or a run of the same configuration (default: results/runs/...)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run the failed cells of a resumed run again (the new row replaces the failed one)")
     p.add_argument("--cache-dir", default=None,
                    help="model and statistics cache (default $SAMPLERBENCH_CACHE, else ~/.cache/samplerbench)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no summary table")
 
 
-def _config(args, models, solvers) -> dict:
-    return {"models": models, "schedules": args.schedules, "solvers": solvers, "nfe": args.nfe, "seeds": args.seeds,
-            "samples": args.samples, "prediction": "eps"}
+def _config(args) -> dict:
+    """What makes two runs the same run: a run directory is resumed only with all of these equal."""
+    import reference_models
+    from solvers import list_solvers
+
+    models = args.models or list(reference_models.DEFAULT_MODELS)
+    return {"models": models, "schedules": args.schedules, "solvers": args.solvers or list_solvers(),
+            "nfe": args.nfe, "seeds": args.seeds, "samples": _samples_per_model(models, args.samples),
+            "repeats": args.repeats, "prediction": "eps"}
+
+
+def _samples_per_model(models: list[str], samples: int | None) -> dict[str, int]:
+    """Samples per cell of each model: --samples, else the sweep's default for the model's metric family."""
+    from reference_models.registry import describe
+
+    from .sweep import DEFAULT_SAMPLES
+
+    return {m: samples or DEFAULT_SAMPLES[describe(m).metric] for m in models}
 
 
 def _config_id(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def _default_run_dir(config_id: str) -> tuple[Path, bool]:
-    """The newest unfinished run of this configuration under results/runs, else a new directory."""
-    if RUNS_DIR.is_dir():
-        for d in sorted(RUNS_DIR.glob(f"*-{config_id}"), reverse=True):
-            try:
-                if not json.loads((d / "manifest.json").read_text()).get("finished"):
-                    return d, True
-            except (OSError, ValueError):
-                continue
-    return RUNS_DIR / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{config_id}", False
+def _rank_problem(config: dict, world) -> str | None:
+    """Why the run cannot be sharded over the world's ranks: every rank needs at least one sample of every cell."""
+    few = {m: n for m, n in config["samples"].items() if n < world.size}
+    if not few:
+        return None
+    listed = ", ".join(f"{m} ({n})" for m, n in few.items())
+    return (f"{PROG}: error: {world.size} ranks but fewer samples per cell for {listed}: every rank needs a "
+            f"sample; give --samples {world.size} or more, or start fewer ranks")
+
+
+def _existing_run(run_dir: Path, config: dict) -> tuple[dict, str | None]:
+    """(manifest, None) when run_dir holds a run of `config` ({} when it is new or empty), else ({}, why not)."""
+    from .store import LOCK, JOURNAL, StoreError, read_rows
+
+    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} - {LOCK}:
+        return {}, None
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        return {}, f"{run_dir} is not empty and holds no samplerbench run (no {MANIFEST}); choose a new or empty one"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return {}, f"{path} is not readable JSON ({str(e)[:80]}); fix or move it, or choose another directory"
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        return {}, f"{path} is not a samplerbench manifest (no 'config' object); choose another directory"
+    differ = [k for k in config if manifest["config"].get(k) != config[k]]
+    if differ:
+        return {}, (f"{run_dir} holds a run of another configuration ("
+                    + "; ".join(f"{k}: {_short(manifest['config'].get(k))} there, {_short(config[k])} here"
+                                for k in differ) + "); give the same arguments to resume it, or another directory")
+    if (run_dir / JOURNAL).is_file():
+        try:
+            read_rows(run_dir / JOURNAL, (run_dir / JOURNAL).read_bytes().rpartition(b"\n")[0])
+        except StoreError as e:
+            return {}, str(e)
+    return manifest, None
+
+
+def _short(value) -> str:
+    text = json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _has_report(run_dir: Path, manifest: dict) -> bool:
+    return bool(manifest.get("report")) and (run_dir / manifest["report"]).is_file()
+
+
+def _default_run_dir(config: dict) -> tuple[Path, str | None]:
+    """The newest run of this configuration under results/runs that is unfinished or has no report, else a new one."""
+    config_id = _config_id(config)
+    for d in sorted(RUNS_DIR.glob(f"*-{config_id}"), reverse=True) if RUNS_DIR.is_dir() else []:
+        manifest, problem = _existing_run(d, config)
+        if problem:
+            return d, f"{problem} (or give --out to run elsewhere)"
+        if not manifest.get("finished") or not _has_report(d, manifest):
+            return d, None
+    return RUNS_DIR / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{config_id}", None
+
+
+def _choose_dir(out: Path | None, config: dict) -> dict:
+    """Rank 0's choice, before anything is written: the run directory, or the error (exit status, message)."""
+    if out is None:
+        run_dir, problem = _default_run_dir(config)
+        error = f"{PROG}: error: {problem}"
+    else:
+        run_dir, problem = out, _existing_run(out, config)[1]
+        error = f"{PROG}: error: argument --out: {problem}"
+    return {"run_dir": str(run_dir), "error": (2, error) if problem else None}
+
+
+def _lock(stack: ExitStack, run_dir: Path, config: dict) -> tuple[dict, tuple | None]:
+    """Create and lock run_dir, then check it again under the lock; returns (its manifest, error or None)."""
+    from .store import RunLock, RunLocked
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return {}, (2, f"{PROG}: error: argument --out: cannot create {run_dir}: {e.strerror or e}")
+    try:
+        stack.enter_context(RunLock(run_dir))
+    except RunLocked as e:
+        return {}, (1, f"{PROG}: error: {e}")
+    manifest, problem = _existing_run(run_dir, config)
+    return manifest, (2, f"{PROG}: error: {problem}") if problem else None
+
+
+def _now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _versions() -> dict:
@@ -192,14 +245,52 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _device_info(world) -> dict:
     import torch
 
-    info = {"device": str(world.device), "world_size": world.size, "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    info = {"device": str(world.device), "world_size": world.size, "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
     if world.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(world.device)
     return info
+
+
+def _start_manifest(run_dir: Path, manifest: dict, args, config: dict, world) -> dict:
+    """Write the manifest of a new run, or mark an existing one resumed; the provenance is this process's."""
+    import reference_models
+
+    from .store import write_json
+
+    now = _now()
+    if manifest:
+        manifest.setdefault("resumed", []).append(now)
+        print(f"resuming {run_dir}", file=sys.stderr)
+    else:
+        manifest = {"run_id": run_dir.name, "command": " ".join(["python -m bench"] + sys.argv[1:]), "started": now}
+    manifest.update(config={**config, "batch_size": args.batch_size, "device": args.device,
+                            "cache_dir": str(reference_models.cache_dir(args.cache_dir).resolve())},
+                    git_commit=_git_commit(), versions=_versions(), device=_device_info(world),
+                    load_average={"start": _load_average(), "end": None}, finished=None, report=None)
+    write_json(run_dir / MANIFEST, manifest)
+    return manifest
 
 
 def summary(df: pd.DataFrame) -> str:
@@ -227,24 +318,43 @@ def summary(df: pd.DataFrame) -> str:
     return "\n\n".join(blocks)
 
 
-def _make_report(run_dir: Path) -> None:
+def _make_report(run_dir: Path) -> Path | None:
+    """The run's report (its path), or None with the reason on stderr: the data are written, the report is secondary."""
     try:
         from .report import make_report
 
-        path = make_report([run_dir], run_dir / "report")
+        path = Path(make_report([run_dir], run_dir / "report"))
         print(f"report: {path}")
-    except Exception as e:  # the data are written; the report is secondary
+        return path
+    except Exception as e:
         print(f"report not made: {type(e).__name__}: {e}", file=sys.stderr)
+        return None
+
+
+def _finish(args, df: pd.DataFrame, run_dir: Path, manifest: dict) -> None:
+    """Mark the run finished, print its summary and make its report (recorded in the manifest once written)."""
+    from .store import write_json
+
+    manifest["finished"] = _now()
+    manifest["load_average"]["end"] = _load_average()
+    write_json(run_dir / MANIFEST, manifest)
+    if not args.quiet:
+        print("\n" + summary(df))
+    report = _make_report(run_dir)
+    if report is not None:
+        manifest["report"] = str(report.resolve().relative_to(run_dir.resolve()))
+        write_json(run_dir / MANIFEST, manifest)
+    print(f"results: {run_dir / 'results.parquet'} (and results.csv, {MANIFEST})")
 
 
 def main_run(args) -> int:
     from . import dist
+    from .store import StoreError
 
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
-            print("python -m bench run: error: argument --device: cuda is not available; valid: auto, cpu",
-                  file=sys.stderr)
+            print(f"{PROG}: error: argument --device: cuda is not available; valid: auto, cpu", file=sys.stderr)
             return 2
     if args.threads:
         import torch
@@ -256,70 +366,47 @@ def main_run(args) -> int:
         if world.main:
             print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         return 130
+    except StoreError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"{PROG}: error: no space left on device writing {e.filename or 'the run directory'}; free some "
+              "disk space and run the same command again to resume (finished cells are kept)", file=sys.stderr)
+        return 1
     finally:
         dist.finish(world)
 
 
-def _run(args, world) -> int:
-    import reference_models
-    from solvers import list_solvers
+def _refuse(world, code: int, message: str) -> int:
+    if world.main:
+        print(message, file=sys.stderr)
+    return code
 
-    from .store import RunLock, RunLocked, write_json
+
+def _run(args, world) -> int:
+    """Choose and check the run directory, lock it, write the manifest, sweep, finish (rank 0 writes)."""
     from .sweep import Sweep, run_sweep
 
-    models = args.models or list(reference_models.DEFAULT_MODELS)
-    solvers = args.solvers or list_solvers()
-    config = _config(args, models, solvers)
-    config_id = _config_id(config)
-    decision = None
-    if world.main:
-        run_dir, resuming = (args.out, (args.out / "manifest.json").exists()) if args.out else _default_run_dir(config_id)
-        decision = {"run_dir": str(run_dir), "error": None}
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            decision["error"] = (2, f"python -m bench run: error: argument --out: cannot create {run_dir}: {e}")
-    decision = world.broadcast(decision)
-    run_dir = Path(decision["run_dir"])
+    config = _config(args)
+    problem = _rank_problem(config, world)
+    if problem:
+        return _refuse(world, 2, problem)
+    choice = world.broadcast(_choose_dir(args.out, config) if world.main else None)
+    if choice["error"]:
+        return _refuse(world, *choice["error"])
+    run_dir = Path(choice["run_dir"])
     with ExitStack() as stack:
-        if world.main and not decision["error"]:
-            try:
-                stack.enter_context(RunLock(run_dir))
-            except RunLocked as e:
-                decision["error"] = (1, f"python -m bench run: error: {e}")
-            manifest_path = run_dir / "manifest.json"
-            manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-            old = manifest.get("config", {})
-            if not decision["error"] and manifest and old.get("samples") != args.samples:
-                decision["error"] = (2, f"python -m bench run: error: {run_dir} holds a run with --samples "
-                                        f"{old.get('samples') or 'default'}; use the same --samples or another --out")
-        decision = world.broadcast(decision)
-        if decision["error"]:
-            if world.main:
-                print(decision["error"][1], file=sys.stderr)
-            return decision["error"][0]
-        now = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        manifest, error = _lock(stack, run_dir, config) if world.main else ({}, None)
+        error = world.broadcast(error)
+        if error:
+            return _refuse(world, *error)
         if world.main:
-            if manifest:
-                manifest.setdefault("resumed", []).append(now)
-                manifest["config"] = {**config, "batch_size": args.batch_size, "cache_dir": args.cache_dir,
-                                      "device": args.device}
-                print(f"resuming {run_dir}", file=sys.stderr)
-            else:
-                manifest = {"run_id": run_dir.name, "config": {**config, "batch_size": args.batch_size,
-                                                               "cache_dir": args.cache_dir, "device": args.device},
-                            "command": " ".join(["python -m bench"] + sys.argv[1:]), "started": now}
-            manifest.update(git_commit=_git_commit(), versions=_versions(), device=_device_info(world), finished=None)
-            write_json(manifest_path, manifest)
-        sweep = Sweep(models, solvers, args.nfe, args.seeds, args.schedules, samples=args.samples,
-                      batch_size=args.batch_size, cache_dir=args.cache_dir, run_id=run_dir.name)
-        df = run_sweep(sweep, run_dir, world, progress=not args.quiet)
-        if not world.main:
-            return 0
-        manifest["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        write_json(manifest_path, manifest)
-    if not args.quiet:
-        print("\n" + summary(df))
-    _make_report(run_dir)
-    print(f"results: {run_dir / 'results.parquet'} (and results.csv, manifest.json)")
+            manifest = _start_manifest(run_dir, manifest, args, config, world)
+        sweep = Sweep(config["models"], config["solvers"], args.nfe, args.seeds, args.schedules, samples=args.samples,
+                      batch_size=args.batch_size, cache_dir=args.cache_dir, run_id=run_dir.name, repeats=args.repeats)
+        df = run_sweep(sweep, run_dir, world, progress=not args.quiet, retry_failed=args.retry_failed)
+        if world.main:
+            _finish(args, df, run_dir, manifest)
     return 0
