@@ -63,3 +63,18 @@ def test_two_gloo_processes_match_one(tmp_path):
     ratio = b.loc[auto, "error_rmse"].to_numpy() / a.loc[auto, "error_rmse"].to_numpy()
     assert np.all((ratio > 1 / 3) & (ratio < 3)), ratio
     assert np.allclose(a.loc[auto, "nll_gap"], b.loc[auto, "nll_gap"], atol=0.05)
+
+
+def test_more_ranks_than_samples_is_refused_up_front(tmp_path):
+    """Two ranks and one sample: a one-line error and exit 2 on every rank, not gloo's 'Connection closed by peer'."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "bench", "run", "--models", "gmm2d", "--solvers", "ddim", "--nfe", "4", "--samples", "1",
+                           "--quiet", "--out", str(tmp_path / "run")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "error: 2 ranks but fewer samples per cell for gmm2d (1): every rank needs a sample" in out, out[-3000:]
+    assert out.count("exitcode  : 2") == 2 and "Connection closed" not in out  # both ranks, no collective reached
+    assert not (tmp_path / "run").exists()
