@@ -191,7 +191,14 @@ def _default_run_dir(config: dict) -> tuple[Path, str | None]:
             return d, f"{problem} (or give --out to run elsewhere)"
         if not manifest.get("finished") or not _has_report(d, manifest):
             return d, None
-    return RUNS_DIR / f"{dt.datetime.now():%Y%m%d-%H%M%S}-{config_id}", None
+    return _new_run_dir(config_id), None
+
+
+def _new_run_dir(config_id: str) -> Path:
+    """results/runs/<date>-<config id>, with microseconds where a run of this second exists (never reuse one)."""
+    now = dt.datetime.now()
+    d = RUNS_DIR / f"{now:%Y%m%d-%H%M%S}-{config_id}"
+    return RUNS_DIR / f"{now:%Y%m%d-%H%M%S.%f}-{config_id}" if d.exists() else d  # sorts after d: newer
 
 
 def _choose_dir(out: Path | None, config: dict) -> dict:

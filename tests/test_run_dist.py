@@ -18,6 +18,12 @@ NFES = [5, 10]
 KEY = ["model", "schedule", "solver", "nfe", "seed"]
 
 
+def torchrun_env() -> dict:
+    """The environment of `bench` under torchrun: this checkout importable, one thread per rank."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1"}
+
+
 def test_shard_covers_every_sample_once():
     for n in (1, 7, 64):
         for size in (1, 2, 3):
@@ -29,8 +35,7 @@ def test_shard_covers_every_sample_once():
 def test_two_gloo_processes_match_one(tmp_path):
     args = ["run", "--models", "gmm2d", "--solvers", ",".join(SOLVERS), "--nfe", ",".join(map(str, NFES)),
             "--seeds", "0,1", "--samples", "150", "--quiet"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = torchrun_env()
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              "-m", "bench", *args, "--out", str(tmp_path / "two")], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -67,8 +72,7 @@ def test_two_gloo_processes_match_one(tmp_path):
 
 def test_more_ranks_than_samples_is_refused_up_front(tmp_path):
     """Two ranks and one sample: a one-line error and exit 2 on every rank, not gloo's 'Connection closed by peer'."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = torchrun_env()
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "bench", "run", "--models", "gmm2d", "--solvers", "ddim", "--nfe", "4", "--samples", "1",
                            "--quiet", "--out", str(tmp_path / "run")], cwd=tmp_path, env=env, capture_output=True,
