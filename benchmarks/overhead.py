@@ -217,7 +217,7 @@ def markdown(df, floatfmt: str = ".4g", index: bool = True) -> str:
     """A pandas frame as a Markdown table (no tabulate dependency)."""
     if index:
         df = df.reset_index()
-    cell = lambda v: format(v, floatfmt) if isinstance(v, float) else str(v)  # noqa: E731
+    cell = lambda v: format(v, floatfmt) if isinstance(v, float) else str(v)
     head = [str(c) for c in df.columns]
     body = [[cell(v) for v in row] for row in df.itertuples(index=False)]
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -262,8 +262,8 @@ def format_tables(done: list[Case], device: str, batch: int, threads: int) -> st
                                  "overhead ours ms/eval": a.overhead_us / 1e3,
                                  "overhead theirs ms/eval": b.overhead_us / 1e3})
         if comp:
-            lines += ["", "Same U-Net, same NFE: our wall time / diffusers' wall time, and the same ratio with each "
-                      "run's wall time divided by its own time inside the model", "",
+            lines += ["", ("Same U-Net, same NFE: our wall time / diffusers' wall time, and the same ratio with each "
+                           "run's wall time divided by its own time inside the model"), "",
                       markdown(pd.DataFrame(comp).sort_values(["ours", "nfe"]), index=False)]
     return "\n".join(lines)
 
