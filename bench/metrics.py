@@ -1,22 +1,33 @@
-"""Per-cell metrics: path error against the reference solution, the exact NLL gap, and sample quality.
+"""Per-cell metrics with their 95% intervals: path error against the reference solution, the exact NLL gap,
+and sample quality against real data.
 
-Sample-quality metrics themselves (sliced Wasserstein, MMD, FID/KID) live in bench.quality;
-this module decides which apply to a model and feeds them the right data.
+A cell's samples become an `Observation`: per-sample arrays (the points the distribution metrics use —
+2-D samples, or image features —, exact log-densities, squared and largest path errors). An `Evaluator`
+holds what a group's cells are measured against (real data, exact statistics) and turns an observation
+into each metric as a function of sample indices, so one bootstrap (bench.intervals) gives every
+interval and a paired bootstrap every comparison between solvers. KID and the NLL gap use their
+standard errors. The evaluator is built from arrays only, so the report rebuilds it from a run's files.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from reference_models import ReferenceModel
 from solvers import reference_solution, sample
+
+from . import intervals
+from .schema import METRICS, bounds
 
 # Trained models have no closed-form score: their reference is rk45 at this tolerance (issue 5).
 TRAINED_REFERENCE_TOL = 1e-6
 EXACT_REFERENCE_TOL = 1e-10
 # Exact samples that estimate E[log p_t_end] for the NLL gap: many, so that its noise is the sampler's.
 NLL_EXACT_SAMPLES = 20_000
+SWD_PROJECTIONS = 256
 
 
 def path_errors(x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
@@ -42,39 +53,161 @@ def reference(ref_model: ReferenceModel, x_T: torch.Tensor) -> tuple[torch.Tenso
     return x.double().cpu(), f"{how}, {model.nfe - start} evaluations"
 
 
-def exact_log_likelihood(ref_model: ReferenceModel, seed: int, n: int = NLL_EXACT_SAMPLES) -> float:
-    """E[log p_t_end(x)] over `n` exact draws of the model's marginal at t_end (float64)."""
+def log_density(ref_model: ReferenceModel, x: torch.Tensor) -> np.ndarray:
+    """log p_t_end of each sample under an exact model's marginal at t_end (float64)."""
+    sched = ref_model.schedule
+    return ref_model.mixture.log_prob(x.double().cpu(), sched, sched.default_t_end).numpy()
+
+
+def exact_log_likelihood(ref_model: ReferenceModel, seed: int, n: int = NLL_EXACT_SAMPLES) -> np.ndarray:
+    """(mean, variance, count) of log p_t_end over `n` exact draws of the model's marginal at t_end."""
     sched = ref_model.schedule
     gen = torch.Generator().manual_seed(10_007 * seed + 17)
-    x = ref_model.mixture.sample(n, gen, schedule=sched, t=sched.default_t_end, dtype=torch.float64)
-    return float(ref_model.mixture.log_prob(x, sched, sched.default_t_end).mean())
+    lp = log_density(ref_model, ref_model.mixture.sample(n, gen, schedule=sched, t=sched.default_t_end,
+                                                         dtype=torch.float64))
+    return np.array([lp.mean(), lp.var(ddof=1), float(n)])
 
 
-def nll_gap(ref_model: ReferenceModel, samples: torch.Tensor, exact_mean_log_p: float) -> float:
-    """Mean NLL of the samples minus that of exact samples, under the exact marginal at t_end (nats).
+@dataclass
+class Observation:
+    """Per-sample arrays of one cell (or of the reference solution, or of real data)."""
 
-    Zero for a perfect sampler; negative when samples crowd the modes, positive when they spread.
-    """
-    sched = ref_model.schedule
-    log_p = ref_model.mixture.log_prob(samples.double().cpu(), sched, sched.default_t_end)
-    return exact_mean_log_p - float(log_p.mean())
+    points: np.ndarray | None  # (n, D): 2-D samples or image features
+    log_p: np.ndarray | None = None  # (n,): exact models
+    sq_err: np.ndarray | None = None  # (n,): mean squared path error per sample
+    max_err: np.ndarray | None = None  # (n,): largest absolute coordinate error per sample
+
+    @property
+    def n(self) -> int:
+        return len(next(a for a in (self.points, self.log_p, self.sq_err) if a is not None))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def quality(ref_model: ReferenceModel, samples: torch.Tensor, real: torch.Tensor, seed: int,
-            cache_dir=None, device="cpu", real_cache_name: str | None = None) -> dict[str, float]:
-    """The quality metrics that apply to `ref_model`: swd and mmd for 2-D data, fid and kid for images."""
-    from . import quality as q  # torch-fidelity is heavy: import only when a metric is computed
+class Evaluator:
+    """What a group's cells are measured against; gives each metric as a function of sample indices."""
 
+    def __init__(self, real_points: np.ndarray | None, exact: np.ndarray | None, seed: int, family: str):
+        from . import quality as q
+
+        self.family, self.seed, self.exact = family, seed, exact
+        self.real = None if real_points is None else np.asarray(real_points, dtype=np.float64)
+        self._swd = self._mmd = self._fid = None
+        if self.real is not None and family == "2d":
+            gen = torch.Generator().manual_seed(seed)
+            dirs = torch.randn(self.real.shape[1], SWD_PROJECTIONS, generator=gen, dtype=torch.float64)
+            self._dirs = (dirs / dirs.norm(dim=0, keepdim=True)).numpy()
+            self._kernel = q.mmd_kernel(torch.from_numpy(self.real))
+        if self.real is not None and family == "image":
+            self._fid = q.Frechet(torch.from_numpy(self.real))
+
+    def metrics(self, obs: Observation) -> list[str]:
+        """The metrics this evaluator can measure on `obs`."""
+        out = []
+        if obs.sq_err is not None:
+            out += ["error_rmse", "error_max"]
+        if obs.log_p is not None and self.exact is not None:
+            out.append("nll_gap")
+        if obs.points is not None and self.real is not None:
+            out += ["swd", "mmd"] if self.family == "2d" else ["fid", "kid"]
+        return out
+
+    def statistic(self, obs: Observation, metric: str):
+        """`metric` of `obs` as a function of an index array (None: every sample)."""
+        pick = (lambda a, idx: a if idx is None else a[idx])
+        if metric == "error_rmse":
+            return lambda idx: math.sqrt(float(pick(obs.sq_err, idx).mean()))
+        if metric == "error_max":
+            return lambda idx: float(pick(obs.max_err, idx).max())
+        if metric == "nll_gap":
+            return lambda idx: float(self.exact[0] - pick(obs.log_p, idx).mean())
+        if metric == "swd":
+            return self._swd_statistic(obs)
+        if metric == "mmd":
+            return self._mmd_statistic(obs)
+        if metric == "fid":
+            return lambda idx: self._fid(pick(obs.points, idx))
+        if metric == "kid":
+            from .quality import kid_with_stderr
+            return lambda idx: kid_with_stderr(pick(obs.points, idx), self.real)[0]
+        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+
+    def _swd_statistic(self, obs: Observation):
+        from .quality import _quantiles
+
+        proj = torch.from_numpy(obs.points @ self._dirs)
+        k = max(len(proj), len(self.real))
+        real = _quantiles(torch.sort(torch.from_numpy(self.real @ self._dirs), dim=0).values, k)
+
+        def swd(idx):
+            p = proj if idx is None else proj[torch.from_numpy(idx)]
+            return float(torch.sqrt(((_quantiles(torch.sort(p, dim=0).values, k) - real) ** 2).mean()))
+        return swd
+
+    def _mmd_statistic(self, obs: Observation):
+        x, y = torch.from_numpy(obs.points), torch.from_numpy(self.real)
+        kxx = self._kernel(x, x).numpy()
+        np.fill_diagonal(kxx, 0.0)
+        kxy = self._kernel(x, y).numpy().mean(1)
+        if self._mmd is None:
+            kyy = self._kernel(y, y).numpy()
+            np.fill_diagonal(kyy, 0.0)
+            self._mmd = kyy.sum() / (len(y) * (len(y) - 1))
+        n = len(x)
+
+        def mmd(idx):
+            kx = kxx if idx is None else kxx[np.ix_(idx, idx)]
+            return float(kx.sum() / (n * (n - 1)) + self._mmd - 2.0 * (kxy if idx is None else kxy[idx]).mean())
+        return mmd
+
+    def measure(self, obs: Observation, seed: int) -> dict[str, float]:
+        """Every metric of `obs` with its 95% interval: {m: value, m_lo: ..., m_hi: ...}."""
+        out = {}
+        for m in self.metrics(obs):
+            if METRICS[m].interval == "stderr":
+                value, lo, hi = intervals.normal(*self.stderr(obs, m))
+            else:
+                value, lo, hi = intervals.bootstrap(self.statistic(obs, m), obs.n, seed)
+            out.update({m: value, bounds(m)[0]: lo, bounds(m)[1]: hi})
+        return out
+
+    def stderr(self, obs: Observation, metric: str) -> tuple[float, float]:
+        """(value, standard error) of a metric whose interval is normal."""
+        if metric == "nll_gap":
+            mean, var, count = self.exact
+            lp = obs.log_p
+            return float(mean - lp.mean()), math.sqrt(lp.var(ddof=1) / len(lp) + var / count)
+        if metric == "kid":
+            from .quality import kid_with_stderr
+            return kid_with_stderr(obs.points, self.real)
+        raise ValueError(f"{metric!r} has no standard-error interval")
+
+    def paired(self, a: Observation, b: Observation, metric: str, seed: int) -> tuple[float, float, float]:
+        """quality(a) - quality(b) (lower is better; signed metrics by their size) with its paired interval."""
+        fa, fb = self.statistic(a, metric), self.statistic(b, metric)
+        if METRICS[metric].signed:
+            return intervals.paired(lambda i: abs(fa(i)), lambda i: abs(fb(i)), a.n, seed)
+        return intervals.paired(fa, fb, a.n, seed)
+
+
+def observe(ref_model: ReferenceModel, x: torch.Tensor, reference_x: torch.Tensor | None = None,
+            features=None) -> Observation:
+    """The per-sample arrays of samples `x`: points (2-D samples, or `features(x)` for images), exact
+    log-densities, and path errors against `reference_x` when given."""
+    x = x.detach().cpu()
+    obs = Observation(points=None)
     if ref_model.metric == "2d":
-        gen = torch.Generator().manual_seed(seed)
-        x, y = samples.double().cpu().flatten(1), real.double().cpu().flatten(1)
-        return {"swd": float(q.sliced_wasserstein(x, y, generator=gen)), "mmd": float(q.mmd(x, y))}
-    if ref_model.metric == "image":
-        out = q.fid_kid(samples, real, cache_dir=cache_dir, device=device, real_cache_name=real_cache_name)
-        return {"fid": float(out["fid"]), "kid": float(out["kid"])}
-    raise ValueError(f"model {ref_model.name!r} has unknown metric family {ref_model.metric!r}; valid: 2d, image")
+        obs.points = x.double().flatten(1).numpy()
+    elif features is not None:
+        obs.points = features(x)
+    if ref_model.mixture is not None:
+        obs.log_p = log_density(ref_model, x)
+    if reference_x is not None:
+        d = (x.double() - reference_x.double().cpu()).flatten(1)
+        obs.sq_err, obs.max_err = d.pow(2).mean(1).numpy(), d.abs().amax(1).numpy()
+    return obs
 
 
 def all_finite(values: dict[str, float]) -> bool:
     return all(v is None or math.isfinite(v) for v in values.values())
-

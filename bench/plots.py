@@ -1,11 +1,10 @@
 """Report figures, made only from result tables: quality and error vs NFE, quality vs wall-clock with its Pareto
 front, solver overhead.
 
-Every figure colours a solver the same way (`solver_colour`), whichever solvers a run holds.
+Every figure draws a solver the same way (bench.colours), whichever solvers a run holds.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,28 +17,24 @@ from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
 
-from .orders import asymptotic_points, fit_order  # noqa: E402
-from .schema import LABELS, quality  # noqa: E402
+from . import orders  # noqa: E402
+from .colours import KNOWN, Style, solver_style  # noqa: E402
+from .schema import LABELS, quality, quality_bounds  # noqa: E402
 
-# Fixed colours of the solvers DESIGN.md names, by family: DPM-Solver singlestep blues, multistep greens,
-# adaptive purple, classical ODE warm colours, stochastic samplers pink/olive/gold. Never re-indexed.
-SOLVER_COLOURS = {
-    "ddim": "#17becf", "dpm_solver_1": "#9ecae1", "dpm_solver_2": "#4292c6", "dpm_solver_3": "#08306b",
-    "dpm_solver_2m": "#74c476", "dpm_solver_3m": "#006d2c", "dpm_solver_adaptive": "#6a51a3",
-    "euler": "#ff7f0e", "heun": "#d62728", "rk45": "#8c564b",
-    "euler_maruyama": "#e377c2", "reverse_diffusion": "#bcbd22", "pc": "#b8860b",
-}
-_FALLBACK = [matplotlib.colors.to_hex(c) for c in sns.color_palette("husl", 16)]
 RUN_STYLES = ["-", "--", ":", "-."]
 DPI = 110
+EQUIV = " ≡ "  # joined label of equivalent solvers (bench.verdicts)
+
+
+def style(name: str) -> Style:
+    """The solver's fixed style (bench.colours); a class of equivalent solvers is drawn in its first member's."""
+    return solver_style(name.split(EQUIV)[0])
 
 
 def solver_colour(name: str) -> str:
-    """The solver's fixed colour; an unknown name gets a colour chosen by a stable hash of the name."""
-    if name in SOLVER_COLOURS:
-        return SOLVER_COLOURS[name]
-    return _FALLBACK[int(hashlib.md5(name.encode()).hexdigest(), 16) % len(_FALLBACK)]
+    return style(name).colour
 
 
 @dataclass
@@ -50,8 +45,9 @@ class Figure:
 
 
 def _ordered_solvers(rows: pd.DataFrame) -> list[str]:
-    known = [s for s in SOLVER_COLOURS if s in set(rows["solver"])]
-    return known + sorted(set(rows["solver"]) - set(known))
+    """Solvers family by family (bench.colours), then unknown names sorted."""
+    rank = {s: i for i, s in enumerate(KNOWN)}
+    return sorted(set(rows["solver"]), key=lambda s: (rank.get(s.split(EQUIV)[0].split(".")[-1], len(rank)), s))
 
 
 class _PlainLog(ticker.LogFormatter):
@@ -68,7 +64,9 @@ def _label(metric: str) -> str:
 
 def _legend(ax, labels: dict[str, str], runs: list[str], adaptive: bool, extra: list | None = None) -> None:
     """One entry per solver in its colour, then the line style of each run, the adaptive-solver marker and `extra`."""
-    handles = [Line2D([], [], color=solver_colour(s), marker="o", markersize=5, label=text) for s, text in labels.items()]
+    handles = [Line2D([], [], color=style(s).colour, marker=style(s).marker, markersize=5, linestyle=style(s).linestyle,
+                      markerfacecolor="none" if style(s).hollow else style(s).colour, label=text)
+               for s, text in labels.items()]
     if len(runs) > 1:
         handles += [Line2D([], [], color="0.35", linestyle=RUN_STYLES[i % len(RUN_STYLES)], label=f"run {r}")
                     for i, r in enumerate(runs)]
@@ -125,36 +123,61 @@ def _star(ax, x: float, y: float, colour: str) -> None:
     ax.scatter(x, y, marker="*", s=170, color=colour, edgecolor="black", linewidth=0.5, zorder=5)
 
 
-def quality_vs_nfe(rows: pd.DataFrame, metric: str, title: str, path: Path) -> bool:
-    """Headline metric against NFE per solver (mean over seeds, min-max band); adaptive solvers as stars."""
-    ok = rows[rows["status"] == "ok"].assign(q=lambda d: quality(d, metric)).dropna(subset=["q"])
+def _hline(ax, value: tuple, colour: str, label: str, style: str) -> Line2D | None:
+    """A horizontal line at a group-level value (noise floor, reference quality) with its 95% band."""
+    v, lo, hi = value
+    if not np.isfinite(v):
+        return None
+    ax.axhline(v, color=colour, linestyle=style, linewidth=1.3, zorder=1)
+    if np.isfinite(lo) and np.isfinite(hi):
+        ax.axhspan(max(lo, 0) if ax.get_yscale() == "log" else lo, hi, color=colour, alpha=0.08, zorder=0)
+    return Line2D([], [], color=colour, linestyle=style, label=label)
+
+
+def quality_vs_nfe(rows: pd.DataFrame, metric: str, title: str, path: Path, floor=(np.nan,) * 3,
+                   reference=(np.nan,) * 3) -> bool:
+    """Headline metric against NFE per solver (mean over seeds) with its 95% interval as a band; the noise floor
+    (real data against real data) and the reference solution's quality as lines; adaptive solvers as stars."""
+    ok = rows[rows["status"] == "ok"]
+    lo, hi = quality_bounds(ok, metric)
+    ok = ok.assign(q=quality(ok, metric), q_lo=lo, q_hi=hi).dropna(subset=["q"])
     if ok.empty:
         return False
     runs = list(dict.fromkeys(ok["run"]))
     fig, ax = plt.subplots(figsize=(8.5, 4.6))
+    logy = _positive(ok["q"]) and (not np.isfinite(floor[0]) or floor[0] > 0)
+    if logy:
+        ax.set_yscale("log")
     fixed = ok[ok["nfe"].notna()].assign(nfe=lambda d: d["nfe"].astype(float))
     for solver in _ordered_solvers(ok):
+        st = style(solver)
         for r, run in enumerate(runs):
-            g = fixed[(fixed["solver"] == solver) & (fixed["run"] == run)]
+            g = fixed[(fixed["solver"] == solver) & (fixed["run"] == run)].groupby("nfe")[["q", "q_lo", "q_hi"]].mean()
             if not g.empty:
-                sns.lineplot(data=g, x="nfe", y="q", ax=ax, color=solver_colour(solver), marker="o", markersize=5,
-                             linestyle=RUN_STYLES[r % len(RUN_STYLES)], errorbar=("pi", 100), legend=False)
+                ax.plot(g.index, g["q"], linestyle=RUN_STYLES[r % len(RUN_STYLES)], marker=st.marker, markersize=5,
+                        color=st.colour, markerfacecolor="none" if st.hollow else st.colour)
+                band = g.dropna()
+                if len(band):
+                    ax.fill_between(band.index, band["q_lo"].clip(lower=1e-300) if logy else band["q_lo"], band["q_hi"],
+                                    color=st.colour, alpha=0.15, linewidth=0)
             a = ok[(ok["solver"] == solver) & (ok["run"] == run) & ok["nfe"].isna()]
             if not a.empty:
-                _star(ax, a["nfe_used"].astype(float).mean(), a["q"].mean(), solver_colour(solver))
+                _star(ax, a["nfe_used"].astype(float).mean(), a["q"].mean(), st.colour)
     failed = _failed_cells(rows, ok)
     if len(failed):  # widen the NFE range to the failed budgets
         ax.set_xscale("log")
-        lo, hi = ax.get_xlim()
-        ax.set_xlim(min(lo, failed["nfe"].min() / 1.25), max(hi, failed["nfe"].max() * 1.25))
+        lo_x, hi_x = ax.get_xlim()
+        ax.set_xlim(min(lo_x, failed["nfe"].min() / 1.25), max(hi_x, failed["nfe"].max() * 1.25))
     for _, f in failed.iterrows():  # on the bottom edge, at the budget that failed
         ax.scatter(f["nfe"], 0.035, transform=ax.get_xaxis_transform(), marker="X", s=70,
                    color=solver_colour(f["solver"]), edgecolor="black", linewidth=0.7, zorder=5, clip_on=False)
-    extra = [Line2D([], [], color="0.35", marker="X", markersize=8, markeredgecolor="black", linestyle="none",
-                    label="failed (no ok seed)")] if len(failed) else []
+    extra = [h for h in (_hline(ax, floor, "0.45", "noise floor (data vs data)", "--"),
+                         _hline(ax, reference, "black", "reference solution", ":")) if h is not None]
+    extra += [Line2D([], [], color="0.35", marker="X", markersize=8, markeredgecolor="black", linestyle="none",
+                     label="failed (no ok seed)")] if len(failed) else []
     _legend(ax, {s: s for s in _ordered_solvers(ok)}, runs, bool(ok["nfe"].isna().any()), extra)
     _finish(fig, ax, path, title, "NFE (model evaluations per sample)", f"{_label(metric)} — lower is better",
-            logy=_positive(ok["q"]),
+            logy=logy,
             xticks=_nfe_ticks(np.union1d(fixed["nfe"].unique(), failed["nfe"].to_numpy(dtype=float)), _adaptive_used(ok)))
     return True
 
@@ -168,7 +191,8 @@ def _failed_cells(rows: pd.DataFrame, ok: pd.DataFrame) -> pd.DataFrame:
 
 
 def error_vs_nfe(rows: pd.DataFrame, title: str, path: Path) -> bool:
-    """RMSE against the reference solution vs NFE for ODE solvers (geometric mean over seeds), with fitted slopes."""
+    """RMSE against the reference solution vs NFE for ODE solvers (geometric mean over seeds, 95% band), with the
+    order fitted by bench.orders over its detected asymptotic range."""
     ok = rows[(rows["status"] == "ok") & (rows["kind"] == "ode")]
     ok = ok[pd.to_numeric(ok["error_rmse"], errors="coerce") > 0]
     if ok.empty:
@@ -182,14 +206,22 @@ def error_vs_nfe(rows: pd.DataFrame, title: str, path: Path) -> bool:
             g = ok[(ok["solver"] == solver) & (ok["run"] == run)]
             fixed = g[g["nfe"].notna()]
             if len(fixed):
-                mean = np.exp(np.log(fixed["error_rmse"].astype(float)).groupby(fixed["nfe"].astype(float)).mean())
-                ax.plot(mean.index, mean.values, RUN_STYLES[r % len(RUN_STYLES)], marker="o", markersize=4, color=colour)
-                x, y = asymptotic_points(fixed["nfe"], fixed["error_rmse"])
-                if len(x) >= 2:  # the fitted line, drawn wide and pale over the points it was fitted on
-                    c = np.polyfit(np.log(x), y, 1)
-                    ax.plot(x, np.exp(np.polyval(c, np.log(x))), color=colour, linewidth=7, alpha=0.22,
+                nfe = fixed["nfe"].astype(float)
+                mean = np.exp(np.log(fixed["error_rmse"].astype(float)).groupby(nfe).mean())
+                ax.plot(mean.index, mean.values, RUN_STYLES[r % len(RUN_STYLES)], marker=style(solver).marker,
+                        markersize=4, color=colour)
+                if "error_rmse_lo" in fixed:
+                    band = fixed[["error_rmse_lo", "error_rmse_hi"]].astype(float).groupby(nfe).mean().dropna()
+                    ax.fill_between(band.index, band["error_rmse_lo"].clip(lower=mean.min() * 1e-3),
+                                    band["error_rmse_hi"], color=colour, alpha=0.15, linewidth=0)
+                result = orders.fit(fixed["nfe"], fixed["error_rmse"])
+                if result.ok:  # the fitted line, drawn wide and pale over the range it was fitted on
+                    x = np.array(result.nfe)
+                    at = mean.reindex(x).to_numpy()
+                    c = np.log(at).mean() + result.order * np.log(x).mean()
+                    ax.plot(x, np.exp(c - result.order * np.log(x)), color=colour, linewidth=7, alpha=0.22,
                             solid_capstyle="round")
-                slopes.append(fit_order(fixed["nfe"], fixed["error_rmse"]))
+                slopes.append(result.order)
             adaptive = g[g["nfe"].isna()]
             if len(adaptive):
                 _star(ax, adaptive["nfe_used"].astype(float).mean(),
@@ -204,7 +236,8 @@ def error_vs_nfe(rows: pd.DataFrame, title: str, path: Path) -> bool:
 
 
 def time_cells(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per (run, solver, NFE budget) of the ok rows: mean wall_s and oriented quality `q` over seeds.
+    """One row per (run, solver, NFE budget) of the ok rows: median wall_s (of the repeats, and over seeds), the
+    largest timing spread and the mean oriented quality `q` over seeds.
 
     Adaptive solvers (NFE <NA>) form one cell each; `nfe_used` is the mean NFE they used.
     """
@@ -212,11 +245,14 @@ def time_cells(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
                                              wall_s=lambda d: pd.to_numeric(d["wall_s"], errors="coerce"))
     ok = ok[ok["q"].notna() & np.isfinite(ok["q"]) & (ok["wall_s"] > 0)]
     if ok.empty:
-        return pd.DataFrame(columns=["run", "solver", "nfe", "nfe_used", "wall_s", "q"])
-    ok = ok.assign(key=ok["nfe"].astype("Float64").fillna(-1.0), nfe_used=ok["nfe_used"].astype(float))
-    cells = ok.groupby(["run", "solver", "key"], sort=False)[["nfe_used", "wall_s", "q"]].mean().reset_index()
+        return pd.DataFrame(columns=["run", "solver", "nfe", "nfe_used", "wall_s", "spread", "q"])
+    spread = pd.to_numeric(ok["wall_spread"], errors="coerce") if "wall_spread" in ok else np.nan
+    ok = ok.assign(key=ok["nfe"].astype("Float64").fillna(-1.0), nfe_used=ok["nfe_used"].astype(float), spread=spread)
+    cells = ok.groupby(["run", "solver", "key"], sort=False).agg(
+        nfe_used=("nfe_used", "mean"), wall_s=("wall_s", "median"), spread=("spread", "max"), q=("q", "mean"))
+    cells = cells.reset_index()
     cells["nfe"] = cells["key"].where(cells["key"] >= 0).astype("Float64").round().astype("Int64")
-    return cells[["run", "solver", "nfe", "nfe_used", "wall_s", "q"]]
+    return cells[["run", "solver", "nfe", "nfe_used", "wall_s", "spread", "q"]]
 
 
 def pareto_front(cells: pd.DataFrame, x: str = "wall_s", y: str = "q") -> pd.DataFrame:
@@ -242,8 +278,10 @@ def quality_vs_time(rows: pd.DataFrame, metric: str, title: str, path: Path) -> 
         for r, run in enumerate(runs):
             g = cells[(cells["solver"] == solver) & (cells["run"] == run)]
             fixed = g[g["nfe"].notna()].sort_values("nfe")
-            ax.plot(fixed["wall_s"], fixed["q"], RUN_STYLES[r % len(RUN_STYLES)], marker="o", markersize=4,
-                    color=solver_colour(solver), alpha=0.75)
+            half = (fixed["wall_s"] * fixed["spread"].fillna(0) / 2).to_numpy(dtype=float)
+            ax.errorbar(fixed["wall_s"], fixed["q"], xerr=half, linestyle=RUN_STYLES[r % len(RUN_STYLES)],
+                        marker=style(solver).marker, markersize=4, color=solver_colour(solver), alpha=0.75,
+                        elinewidth=1, capsize=2)
             a = g[g["nfe"].isna()]
             if len(a):
                 _star(ax, float(a["wall_s"].iloc[0]), float(a["q"].iloc[0]), solver_colour(solver))
@@ -257,13 +295,13 @@ def quality_vs_time(rows: pd.DataFrame, metric: str, title: str, path: Path) -> 
     _legend(ax, {s: s for s in _ordered_solvers(cells)}, runs, bool(cells["nfe"].isna().any()),
             extra=[Line2D([], [], color="black", linewidth=1.4, marker="o", markersize=9, markerfacecolor="white",
                           markeredgewidth=1.6, label="Pareto front")])
-    _finish(fig, ax, path, title, "sampling wall-clock per cell (s)",
+    _finish(fig, ax, path, title, "sampling wall-clock per cell (s, median of the repeats; bars: spread)",
             f"{_label(metric)} — lower is better", logy=_positive(cells["q"]))
     return True
 
 
 def overhead(rows: pd.DataFrame, groups: list[str], path: Path) -> bool:
-    """Solver overhead (wall_s - model_s) as a share of wall-clock, median over cells, one panel per model."""
+    """Solver overhead (wall_s - model_s) as a share of wall-clock, median over cells: a solver x model heat map."""
     ok = rows[rows["status"] == "ok"].copy()
     wall, model = pd.to_numeric(ok["wall_s"], errors="coerce"), pd.to_numeric(ok["model_s"], errors="coerce")
     ok["share"] = (100 * (wall - model) / wall).where(wall > 0)
@@ -272,58 +310,118 @@ def overhead(rows: pd.DataFrame, groups: list[str], path: Path) -> bool:
     if not groups:
         return False
     solvers = _ordered_solvers(ok)
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups) + 1.5, 0.3 * len(solvers) + 1.6),
-                             squeeze=False, sharey=True)
-    for ax, group in zip(axes[0], groups):
-        med = ok[ok["group"] == group].groupby("solver")["share"].median().reindex(solvers)
-        ax.barh(range(len(solvers)), med.fillna(0).values, color=[solver_colour(s) for s in solvers])
-        for y, v in enumerate(med.values):
-            ax.text(0 if np.isnan(v) else max(v, 0) + 1.5, y, "—" if np.isnan(v) else f"{v:.0f}%",
-                    va="center", fontsize=8)
-        ax.set_yticks(range(len(solvers)), solvers, fontsize=9)
-        ax.set_xlim(0, 115)
-        ax.xaxis.set_major_locator(ticker.FixedLocator([0, 25, 50, 75, 100]))
-        ax.invert_yaxis()
-        ax.set_title(group, fontsize=10)
-        ax.set_xlabel("overhead share of wall-clock (%)")
-        ax.grid(True, axis="x", alpha=0.35)
-        ax.grid(False, axis="y")
-    fig.suptitle("Solver overhead: (wall-clock − model time) / wall-clock, median over cells", fontsize=11)
+    table = ok.pivot_table(index="solver", columns="group", values="share", aggfunc="median").reindex(
+        index=solvers, columns=groups)
+    fig, ax = plt.subplots(figsize=(min(1.25 * len(groups) + 3.2, 11), 0.32 * len(solvers) + 1.9))
+    sns.heatmap(table, ax=ax, annot=True, fmt=".0f", cmap="Oranges", vmin=0, vmax=100, linewidths=0.5,
+                cbar_kws={"label": "overhead share of wall-clock (%)", "shrink": 0.8}, annot_kws={"fontsize": 9})
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    ax.set_xticklabels([g.get_text() for g in ax.get_xticklabels()], rotation=30, ha="right", fontsize=9)
+    ax.set_yticklabels([g.get_text() for g in ax.get_yticklabels()], rotation=0, fontsize=9)
+    ax.set_title("Solver overhead: (wall-clock − model time) / wall-clock, median over cells (%)", fontsize=11)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return True
 
 
-def make_figures(rows: pd.DataFrame, metrics: dict[str, str | None], out_dir: Path) -> list[Figure]:
-    """Every figure of a report, written as PNG files into out_dir; `rows` carry `run` and `group` columns."""
+def samples_figure(cells: dict, real: torch.Tensor | None, image: bool, title: str, path: Path) -> bool:
+    """Samples of every (solver, NFE) cell from the same x_T: image grids, or 2-D scatters over the real data.
+
+    `cells` maps (solver, nfe label) to the cell's drawn samples; rows are solvers, columns NFE budgets.
+    """
+    if not cells:
+        return False
+    solvers = list(dict.fromkeys(s for s, _ in cells))
+    budgets = list(dict.fromkeys(n for _, n in cells))
+    size = 1.55 if image else 1.9
+    fig, axes = plt.subplots(len(solvers), len(budgets), figsize=(size * len(budgets) + 1.8, size * len(solvers) + 0.6),
+                             squeeze=False)
+    for i, solver in enumerate(solvers):
+        for j, nfe in enumerate(budgets):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            x = cells.get((solver, nfe))
+            if x is not None and image:
+                ax.imshow(_image_grid(x), cmap="gray" if x.shape[1] == 1 else None, vmin=0, vmax=1)
+            elif x is not None:
+                if real is not None:
+                    ax.scatter(real[:, 0], real[:, 1], s=1, color="0.78", rasterized=True)
+                ax.scatter(x[:, 0], x[:, 1], s=1.2, color=solver_colour(solver), rasterized=True)
+                if real is not None:
+                    lim = float(real.abs().max()) * 1.15
+                    ax.set_xlim(-lim, lim)
+                    ax.set_ylim(-lim, lim)
+                ax.set_aspect("equal")
+            if i == 0:
+                ax.set_title(f"NFE {nfe}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(solver, fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def _image_grid(x: torch.Tensor, cols: int = 4) -> np.ndarray:
+    """Up to 16 images (N, C, H, W) in [-1, 1] tiled 4 x 4 with 1-pixel gaps, as an (H', W'[, 3]) array in [0, 1]."""
+    x = ((x[:cols * cols].float().clamp(-1, 1) + 1) / 2).numpy()
+    n, c, h, w = x.shape
+    rows = -(-n // cols)
+    out = np.ones((c, rows * (h + 1) - 1, cols * (w + 1) - 1))
+    for k in range(n):
+        r, q = divmod(k, cols)
+        out[:, r * (h + 1): r * (h + 1) + h, q * (w + 1): q * (w + 1) + w] = x[k]
+    return out[0] if c == 1 else out.transpose(1, 2, 0)
+
+
+def make_figures(rows: pd.DataFrame, metrics: dict[str, str | None], out_dir: Path, lines: dict | None = None,
+                 samples: dict | None = None) -> list[Figure]:
+    """Every figure of a report, written as PNG files into out_dir; `rows` carry `run` and `group` columns.
+
+    `lines[group]` = (noise floor, reference quality), each (value, lo, hi); `samples[group]` = (cells, real,
+    image) for `samples_figure`.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     with plt.rc_context({**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.9)}):
-        return _figures(rows, metrics, out_dir)
+        return _figures(rows, metrics, out_dir, lines or {}, samples or {})
 
 
-def _figures(rows: pd.DataFrame, metrics: dict[str, str | None], out_dir: Path) -> list[Figure]:
+def _figures(rows, metrics, out_dir, lines, samples) -> list[Figure]:
     figures = []
+    none = ((np.nan,) * 3, (np.nan,) * 3)
     for i, (group, metric) in enumerate(metrics.items()):
         g = rows[rows["group"] == group]
         stem = f"{i:02d}-" + "".join(c if c.isalnum() else "-" for c in group).strip("-")
         if metric is not None:
             p = out_dir / f"{stem}-quality.png"
-            if quality_vs_nfe(g, metric, f"{group}: {LABELS.get(metric, metric)} vs NFE", p):
+            floor, ref = lines.get(group, none)
+            if quality_vs_nfe(g, metric, f"{group}: {LABELS.get(metric, metric)} vs NFE", p, floor, ref):
                 figures.append(Figure(p, f"{group}: quality vs NFE",
-                                      "Mean over seeds; the band spans min to max. Stars: adaptive solvers at "
-                                      "the NFE they used."))
+                                      "Mean over seeds with its 95% interval as a band. Dashed grey: the noise floor "
+                                      "(real data against real data at the same sample size); dotted black: the "
+                                      "reference solution's quality. Stars: adaptive solvers at the NFE they used."))
         p = out_dir / f"{stem}-error.png"
         if error_vs_nfe(g, f"{group}: error vs NFE", p):
             figures.append(Figure(p, f"{group}: error vs NFE",
                                   "RMSE against the high-accuracy reference solution from the same x_T "
-                                  "(geometric mean over seeds); p is the fitted order of the order table."))
+                                  "(geometric mean over seeds, 95% band); p is the order of the order table, fitted "
+                                  "over the pale range (absent where the range is too short)."))
         if metric is not None:
             p = out_dir / f"{stem}-time.png"
             if quality_vs_time(g, metric, f"{group}: {LABELS.get(metric, metric)} vs wall-clock", p):
                 figures.append(Figure(p, f"{group}: quality vs wall-clock",
-                                      "One point per (solver, NFE) cell, mean over seeds; lower left is better. "
-                                      "Outlined points joined by the black step line form the Pareto front: no "
-                                      "other cell is both faster and better (listed in the Pareto table)."))
+                                      "One point per (solver, NFE) cell: mean quality over seeds, median wall-clock of "
+                                      "the timed repeats, bars spanning their spread; lower left is better. Outlined "
+                                      "points joined by the black step line form the Pareto front."))
+        if group in samples:
+            p = out_dir / f"{stem}-samples.png"
+            cells, real, image = samples[group]
+            if samples_figure(cells, real, image, f"{group}: samples from the same x_T", p):
+                figures.append(Figure(p, f"{group}: samples", "Rows: solvers; columns: NFE. Every panel starts from "
+                                      "the same prior noise (first seed)" + (", first 16 samples." if image else
+                                                                            "; grey: real data.")))
     p = out_dir / "overhead.png"
     if overhead(rows, list(metrics), p):
         figures.append(Figure(p, "Solver overhead", "Share of the sampling wall-clock a solver spends outside the model, "

@@ -6,8 +6,10 @@ features of the digit classifier (reference_models.features), for 3x32x32 images
 """
 from __future__ import annotations
 
+import math
 import pathlib
 
+import numpy as np
 import torch
 
 _F64 = torch.float64
@@ -54,26 +56,33 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 25
     return float(torch.sqrt(((px - py) ** 2).mean()))
 
 
-def mmd(x: torch.Tensor, y: torch.Tensor, scales=(0.1, 0.3, 1.0, 3.0), block: int = 2048) -> float:
-    """Unbiased squared maximum mean discrepancy (Gretton et al. 2012) with a sum of Gaussian kernels.
-
-    Bandwidths are `scales` times the spread of y, s^2 = E||y - mean(y)||^2, so the kernel depends
-    on the reference data only and values are comparable across sample sets.
-    """
-    x, y = _flat(x, "x"), _flat(y, "y")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y have different dimensions: {x.shape[1]} and {y.shape[1]}")
+def mmd_kernel(y: torch.Tensor, scales=(0.1, 0.3, 1.0, 3.0)):
+    """The MMD's kernel: a sum of Gaussians with bandwidths `scales` times the spread of y,
+    s^2 = E||y - mean(y)||^2, so the kernel depends on the reference data only and values are comparable
+    across sample sets. Returns k(a, b) -> the (len(a), len(b)) Gram matrix (float64)."""
     spread2 = float(((y - y.mean(0)) ** 2).sum(1).mean())
     inv = [1.0 / (2.0 * s * s * max(spread2, 1e-300)) for s in scales]
 
+    def k(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        d2 = ((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2.0 * a @ b.T).clamp_min(0)
+        return sum(torch.exp(-c * d2) for c in inv)
+
+    return k
+
+
+def mmd(x: torch.Tensor, y: torch.Tensor, scales=(0.1, 0.3, 1.0, 3.0), block: int = 2048) -> float:
+    """Unbiased squared maximum mean discrepancy (Gretton et al. 2012) with `mmd_kernel`."""
+    x, y = _flat(x, "x"), _flat(y, "y")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y have different dimensions: {x.shape[1]} and {y.shape[1]}")
+    kernel = mmd_kernel(y, scales)
+
     def ksum(a: torch.Tensor, b: torch.Tensor, same: bool) -> float:
-        total, b2 = 0.0, (b * b).sum(1)
+        total = 0.0
         for i in range(0, len(a), block):
-            ai = a[i:i + block]
-            d2 = ((ai * ai).sum(1)[:, None] + b2[None] - 2.0 * ai @ b.T).clamp_min(0)
-            kern = sum(torch.exp(-c * d2) for c in inv)
+            kern = kernel(a[i:i + block], b)
             if same:  # drop the diagonal k(a_i, a_i) for the unbiased estimate
-                idx = torch.arange(len(ai))
+                idx = torch.arange(len(kern))
                 kern[idx, i + idx] = 0.0
             total += float(kern.sum())
         return total
@@ -82,7 +91,7 @@ def mmd(x: torch.Tensor, y: torch.Tensor, scales=(0.1, 0.3, 1.0, 3.0), block: in
     return ksum(x, x, True) / (n * (n - 1)) + ksum(y, y, True) / (m * (m - 1)) - 2.0 * ksum(x, y, False) / (n * m)
 
 
-INCEPTION_WEIGHTS_ENV = "SAMPLERBENCH_INCEPTION_WEIGHTS"
+from bench.inception import WEIGHTS_ENV as INCEPTION_WEIGHTS_ENV  # noqa: E402
 
 
 class _Images(torch.utils.data.Dataset):
@@ -105,13 +114,14 @@ def _extractor_for(shape: tuple[int, ...], cache_dir, inception_weights) -> tupl
         features.load_classifier(cache_dir)  # trains and caches it on first use
         name = features.register_with_torch_fidelity()
         return name, str(net_path), features.fingerprint(net_path), lambda x: x.float().clamp(-1, 1)
-    if shape == (3, 32, 32):
-        import os
+    if shape == (3, 32, 32):  # torch-fidelity's Inception-v3, its weights loaded without unpickling (bench.inception)
+        from bench import inception
 
-        weights = inception_weights or os.environ.get(INCEPTION_WEIGHTS_ENV) or None
-        tag = "inception-v3-compat" + (f"-{_sha(weights)}" if weights else "")
+        weights = inception.weights_path(inception_weights)  # explicit, env, else torch hub's cache (downloaded)
+        custom = weights != inception.hub_weights_path()
+        tag = "inception-v3-compat" + (f"-{_sha(weights)}" if custom else "")
         to_uint8 = lambda x: ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # noqa: E731
-        return "inception-v3-compat", weights, tag, to_uint8
+        return inception.register_with_torch_fidelity(), str(weights), tag, to_uint8
     raise ValueError(f"no FID feature extractor for samples shaped {shape}; FID/KID are defined for (1, 8, 8) "
                      "digits (the digit classifier) and (3, 32, 32) RGB images (Inception-v3)")
 
@@ -155,20 +165,18 @@ def _cached_real_features(real: torch.Tensor, path: pathlib.Path, compute) -> to
     return feats
 
 
-def fid_kid(samples: torch.Tensor, real: torch.Tensor, cache_dir=None, device: str = "cpu",
-            real_cache_name: str | None = None, inception_weights=None, kid_subsets: int = 100,
-            feature_layer: str | None = None) -> dict:
-    """FID and KID of `samples` against `real` (both (N, C, H, W) in [-1, 1]) through torch-fidelity.
+def image_features(samples: torch.Tensor, real: torch.Tensor, cache_dir=None, device: str = "cpu",
+                   real_cache_name: str | None = None, inception_weights=None,
+                   feature_layer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (float64) of `samples` and `real` (both (N, C, H, W) in [-1, 1]) under the FID extractor.
 
     1x8x8: penultimate features of the digit classifier; 3x32x32: Inception-v3 pool features
     (weights downloaded by torch-fidelity, or `inception_weights` / $SAMPLERBENCH_INCEPTION_WEIGHTS).
     With `real_cache_name` the real features are cached under <cache dir>/fidelity, keyed by the
-    extractor's weights and checked against the real data's hash. KID: 100 subsets of
-    min(1000, N) samples, torch-fidelity's cubic polynomial kernel and seed. `feature_layer`
-    overrides the extractor's layer (Inception: '64', '192', '768', '2048'; digits: 'penultimate').
+    extractor's weights and checked against the real data's hash. `feature_layer` overrides the
+    extractor's layer (Inception: '64', '192', '768', '2048'; digits: 'penultimate').
     """
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
     from torch_fidelity.utils import create_feature_extractor
 
     from reference_models.cache import cache_dir as resolve_cache
@@ -181,8 +189,6 @@ def fid_kid(samples: torch.Tensor, real: torch.Tensor, cache_dir=None, device: s
     if not torch.isfinite(samples).all():
         raise ValueError("samples contain NaN or Inf")
     name, weights, tag, convert = _extractor_for(tuple(samples.shape[1:]), cache_dir, inception_weights)
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
     provided = FEATURE_EXTRACTORS_REGISTRY[name].get_provided_features_list()
     layer = feature_layer or FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric("fid")
     if layer not in provided:
@@ -197,12 +203,51 @@ def fid_kid(samples: torch.Tensor, real: torch.Tensor, cache_dir=None, device: s
         f_real = _cached_real_features(real_in, path, lambda: _features(real_in, extractor, device))
     else:
         f_real = _features(real_in, extractor, device)
-    f_samples, f_real = f_samples.double(), f_real.double()
+    return f_samples.double(), f_real.double()
+
+
+class Frechet:
+    """FID against fixed real features (Heusel et al. 2017): |mu - mu_r|^2 + tr(S + S_r - 2 (S_r^1/2 S S_r^1/2)^1/2).
+
+    The trace of the matrix square root is the sum of the square roots of the eigenvalues of the
+    symmetric S_r^1/2 S S_r^1/2 (equal to tr sqrtm(S S_r)), so a bootstrap replicate costs one
+    symmetric eigendecomposition.
+    """
+
+    def __init__(self, real: torch.Tensor):
+        r = real.double().cpu().numpy()
+        self.mu = r.mean(0)
+        self.cov = np.cov(r, rowvar=False)
+        w, v = np.linalg.eigh(self.cov)
+        self.root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+    def __call__(self, f: np.ndarray) -> float:
+        mu, cov = f.mean(0), np.cov(f, rowvar=False)
+        inner = np.linalg.eigvalsh(self.root @ cov @ self.root)
+        return float(((mu - self.mu) ** 2).sum() + np.trace(cov) + np.trace(self.cov)
+                     - 2.0 * np.sqrt(np.clip(inner, 0, None)).sum())
+
+
+def kid_with_stderr(f: np.ndarray, real: np.ndarray) -> tuple[float, float]:
+    """KID (Binkowski et al. 2018): unbiased MMD^2 with the kernel (a.b / d + 1)^3 over all samples, and its
+    standard error from the U-statistic's first-order (Hoeffding) variance, 4 Var(h1(x))/n + 4 Var(h1(y))/m."""
+    n, m, d = len(f), len(real), f.shape[1]
+    kxx, kyy, kxy = ((a @ b.T / d + 1.0) ** 3 for a, b in ((f, f), (real, real), (f, real)))
+    np.fill_diagonal(kxx, 0.0)
+    np.fill_diagonal(kyy, 0.0)
+    value = kxx.sum() / (n * (n - 1)) + kyy.sum() / (m * (m - 1)) - 2.0 * kxy.mean()
+    hx = kxx.sum(1) / (n - 1) - kxy.mean(1)
+    hy = kyy.sum(1) / (m - 1) - kxy.mean(0)
+    se = math.sqrt(4.0 * hx.var(ddof=1) / n + 4.0 * hy.var(ddof=1) / m)
+    return float(value), se
+
+
+def fid_kid(samples: torch.Tensor, real: torch.Tensor, cache_dir=None, device: str = "cpu",
+            real_cache_name: str | None = None, inception_weights=None, feature_layer: str | None = None) -> dict:
+    """FID and KID of `samples` against `real` (both (N, C, H, W) in [-1, 1]); see `image_features`."""
+    f, r = image_features(samples, real, cache_dir, device, real_cache_name, inception_weights, feature_layer)
+    f, r = f.numpy(), r.numpy()
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, user_api="blas"):  # small matrices: threads only contend (10x slower on a busy CPU)
-        fid = fid_statistics_to_metric(fid_features_to_statistics(f_samples), fid_features_to_statistics(f_real),
-                                       False)
-        kid = kid_features_to_metric(f_samples, f_real, kid_subsets=kid_subsets, verbose=False,
-                                     kid_subset_size=min(1000, len(f_samples), len(f_real)))
-    return {"fid": float(fid[KEY_METRIC_FID]), "kid": float(kid[KEY_METRIC_KID_MEAN])}
+        return {"fid": Frechet(torch.from_numpy(r))(f), "kid": kid_with_stderr(f, r)[0]}

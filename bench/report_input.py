@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,24 +54,6 @@ def load_run(run_dir) -> Run:
             raise ReportError(f"cannot read {path / 'manifest.json'}: {e}") from None
     label = str((manifest or {}).get("run_id") or path.resolve().name)
     return Run(path, label, rows, manifest)
-
-
-def parse_target(text: str) -> tuple[str, float]:
-    """'1.1x' -> ('relative', 1.1): within 1.1 x the run's best; '0.05' -> ('absolute', 0.05): at most 0.05."""
-    s = str(text).strip().lower()
-    try:
-        if s.endswith("x"):
-            value = float(s[:-1])
-            if value >= 1 and math.isfinite(value):
-                return "relative", value
-        else:
-            value = float(s)
-            if value >= 0 and math.isfinite(value):
-                return "absolute", value
-    except ValueError:
-        pass
-    raise ReportError(f"bad --target {text!r}: give a factor >= 1 with an x (e.g. 1.1x: within 10% of the best "
-                      f"quality in the run) or an absolute value >= 0 of the headline metric (e.g. 0.05)")
 
 
 def parse_formats(formats) -> tuple[str, ...]:

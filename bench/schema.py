@@ -1,7 +1,45 @@
-"""The result table's columns and the headline quality metric: one definition for run, report and baseline."""
+"""The result tables' columns and the metrics: one declaration for run, report and baseline.
+
+Every metric is declared once in METRICS with its label, its direction and how its 95% interval is
+made; every metric column `m` of the results table has the interval columns `m_lo` and `m_hi`.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import pandas as pd
+
+
+@dataclass(frozen=True)
+class Metric:
+    label: str
+    family: str  # "error" (against the reference solution) or "quality" (against real data)
+    interval: str  # "bootstrap" over the cell's samples, or "stderr" (normal, 1.96 standard errors)
+    signed: bool = False  # the value is signed and its size is the quality (the NLL gap)
+    unit: str = ""
+
+    better = "lower"  # every metric here: lower is better (signed ones: smaller size)
+
+
+METRICS = {
+    "error_rmse": Metric("RMSE vs reference", "error", "bootstrap", unit="data units"),
+    "error_max": Metric("max error vs reference", "error", "bootstrap", unit="data units"),
+    "nll_gap": Metric("|NLL gap|", "quality", "stderr", signed=True, unit="nats"),
+    "fid": Metric("FID", "quality", "bootstrap"),
+    "kid": Metric("KID", "quality", "stderr"),
+    "swd": Metric("sliced Wasserstein", "quality", "bootstrap", unit="data units"),
+    "mmd": Metric("MMD", "quality", "bootstrap"),
+}
+# Headline quality per model, in order of preference.
+HEADLINE = ("fid", "nll_gap", "swd", "mmd")
+LABELS = {m: d.label for m, d in METRICS.items()}
+
+
+def bounds(metric: str) -> tuple[str, str]:
+    """Names of the interval columns of `metric`."""
+    return f"{metric}_lo", f"{metric}_hi"
+
 
 # One row per (model, schedule, solver, nfe, seed) cell, long format.
 IDENTITY = ["model", "schedule", "prediction", "solver", "nfe", "seed"]
@@ -18,19 +56,20 @@ COLUMNS = {
     # outcome
     "status": "string",  # ok | failed | skipped
     "message": "string",
-    # cost
-    "wall_s": "float64", "model_s": "float64", "peak_mem_mb": "float64",
-    # error against the high-accuracy reference solution from the same x_T (ODE solvers only)
-    "error_rmse": "float64", "error_max": "float64",
-    # quality
-    "swd": "float64", "mmd": "float64", "nll_gap": "float64", "fid": "float64", "kid": "float64",
+    # cost: medians over `repeats` timed repetitions; spread = (max - min) / median
+    "repeats": "Int64", "wall_s": "float64", "wall_spread": "float64", "wall_per_sample_s": "float64",
+    "model_s": "float64", "peak_mem_mb": "float64",
+    # metrics (error: against the high-accuracy reference solution from the same x_T, ODE solvers only)
+    **{c: "float64" for m in METRICS for c in (m, *bounds(m))},
 }
 STATUSES = ("ok", "failed", "skipped")
 
-# Headline quality per model, in order of preference; every one is "lower is better" after `quality`.
-HEADLINE = ("fid", "nll_gap", "swd", "mmd")
-LABELS = {"fid": "FID", "nll_gap": "|NLL gap| (nats)", "swd": "sliced Wasserstein", "mmd": "MMD",
-          "kid": "KID", "error_rmse": "RMSE vs reference", "error_max": "max error vs reference"}
+# Group-level rows (one per model, schedule, prediction, seed, source, metric): the quality of the
+# reference solution ("reference") and of real data against real data ("data", the noise floor).
+GROUP_COLUMNS = {"model": "string", "schedule": "string", "prediction": "string", "seed": "Int64",
+                 "source": "string", "metric": "string", "value": "float64", "lo": "float64", "hi": "float64",
+                 "samples": "Int64", "note": "string"}
+SOURCES = ("reference", "data")
 
 
 def headline_metric(rows: pd.DataFrame) -> str | None:
@@ -41,19 +80,40 @@ def headline_metric(rows: pd.DataFrame) -> str | None:
     return None
 
 
+def oriented(metric: str, value, lo, hi):
+    """(quality, lo, hi) oriented so that lower is better: signed metrics by their size, the interval folded."""
+    v, a, b = (pd.to_numeric(pd.Series(x), errors="coerce").astype(float).to_numpy() if not np.isscalar(x)
+               else np.asarray(float(x) if x is not None and x is not pd.NA else np.nan) for x in (value, lo, hi))
+    if not METRICS[metric].signed:
+        return v, a, b
+    size = np.abs(v)
+    straddles = (a <= 0) & (b >= 0)
+    return size, np.where(straddles, 0.0, np.minimum(np.abs(a), np.abs(b))), np.maximum(np.abs(a), np.abs(b))
+
+
 def quality(rows: pd.DataFrame, metric: str) -> pd.Series:
-    """Values of `metric`, oriented so that lower is better (the NLL gap is taken in absolute value)."""
+    """Values of `metric`, oriented so that lower is better (signed metrics by their size)."""
     values = pd.to_numeric(rows[metric], errors="coerce")
-    return values.abs() if metric == "nll_gap" else values
+    return values.abs() if METRICS[metric].signed else values
 
 
-def empty_table() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()})
+def quality_bounds(rows: pd.DataFrame, metric: str) -> tuple[pd.Series, pd.Series]:
+    """The 95% interval of `quality(rows, metric)` (NaN where the table has none)."""
+    lo_c, hi_c = bounds(metric)
+    if lo_c not in rows or hi_c not in rows:
+        nan = pd.Series(np.nan, index=rows.index)
+        return nan, nan
+    _, lo, hi = oriented(metric, rows[metric], rows[lo_c], rows[hi_c])
+    return pd.Series(lo, index=rows.index), pd.Series(hi, index=rows.index)
 
 
-def conform(df: pd.DataFrame) -> pd.DataFrame:
+def empty_table(columns: dict = COLUMNS) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
+
+
+def conform(df: pd.DataFrame, columns: dict = COLUMNS) -> pd.DataFrame:
     """Columns in schema order with schema dtypes; extra columns are kept after them."""
     out = df.copy()
-    for c, t in COLUMNS.items():
+    for c, t in columns.items():
         out[c] = out[c].astype(t) if c in out else pd.Series([None] * len(out), index=out.index, dtype=object).astype(t)
-    return out[list(COLUMNS) + [c for c in out.columns if c not in COLUMNS]]
+    return out[list(columns) + [c for c in out.columns if c not in columns]]

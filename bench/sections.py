@@ -1,5 +1,5 @@
-"""The report's sections, each a pure function of the combined result rows: summary, orders, target, Pareto
-front, failed cells, provenance."""
+"""The report's sections, each a pure function of the combined result rows (and group rows): recommendation,
+summary, orders, target, Pareto front, timings, failed cells, provenance."""
 from __future__ import annotations
 
 import json
@@ -7,51 +7,100 @@ import math
 
 import pandas as pd
 
-from . import orders, plots
+from . import orders, plots, verdicts
 from .formatting import fmt, nfe_text
 from .render import Section, Table
 from .report_input import Run
-from .schema import LABELS, quality
+from .schema import LABELS
+
+SPREAD_WARN = 0.10  # timing spread (max - min) / median above which a cell's wall-clock is flagged
 
 
-def summary_section(rows: pd.DataFrame, metrics: dict) -> Section:
-    """The full solver x NFE table of the headline metric per model; cells that did not finish ok say so."""
-    sec = Section("Summary", ["Headline metric per model (mean over the ok seeds, lower is better); adaptive solvers "
-                              "are shown at the NFE they used. A cell with no ok seed shows its status (red: failed); "
-                              "yellow: some seeds of the cell did not finish ok (see Failed and skipped cells)."])
+def pm(q: float, lo: float, hi: float) -> str:
+    """'value ± half-width' (the interval's larger half when it is not symmetric)."""
+    if not math.isfinite(q):
+        return "—"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return fmt(q)
+    return f"{fmt(q)} ± {fmt(max(hi - q, q - lo), 2)}"
+
+
+def recommendation_section(rows: pd.DataFrame, metrics: dict, pairing, classes: dict) -> Section:
+    sec = Section("Recommendation: which sampler at which NFE", [
+        "Per model and NFE budget: the solver with the best mean headline metric, the solvers statistically tied "
+        "with it (the 95% interval of the paired difference, over samples that share their x_T, includes zero), "
+        "its quality with its 95% interval, and its sampling time per sample (median of the timed repeats). A "
+        "solver is named better only where that interval excludes zero."])
+    for group, metric in metrics.items():
+        if metric is None:
+            continue
+        recs = verdicts.recommendation(rows[rows["group"] == group], metric, pairing, classes)
+        if not recs:
+            continue
+        multi = len({r["run"] for r in recs}) > 1
+        body = [([r["run"]] if multi else []) + [
+            str(r["nfe"]), (r["best"], None), pm(r["q"], r["lo"], r["hi"]),
+            ", ".join(f"{s} (Δ {pm(*d)})" for s, d in r["tied"]) or ("none" if r["n"] > 1 else "only solver"),
+            fmt(r["per_sample"] * 1e3) if math.isfinite(r["per_sample"]) else "—"]
+            + ([", ".join(r["untested"]) or "—"]) for r in recs]
+        sec.blocks += [("h3", f"{group}: {LABELS.get(metric, metric)}, lower is better"),
+                       Table((["run"] if multi else []) + ["NFE", "best solver", "quality ± 95%", "tied with it (Δ ± 95%)",
+                                                          "ms per sample", "overlapping, not paired (no arrays)"],
+                             body, "best solver")]
+    if len(sec.blocks) == 1:
+        sec.blocks.append("No ok cell with a quality metric at a fixed NFE budget.")
+    return sec
+
+
+def equivalence_section(classes: dict) -> Section | None:
+    labels = sorted(set(classes.values()))
+    if not labels:
+        return None
+    return Section("Equivalent solvers", [
+        "These solvers gave identical results (every metric and interval equal to 1e-4, relative) in every cell of the run; they are one "
+        "line in the figures and one row in the tables: " + "; ".join(labels) + "."])
+
+
+def summary_section(rows: pd.DataFrame, metrics: dict, groups: pd.DataFrame) -> Section:
+    """The full solver x NFE table of the headline metric per model, value ± 95% half-width; cells whose interval
+    overlaps the noise floor's are marked; cells that did not finish ok say so."""
+    sec = Section("Summary", ["Headline metric per model (mean over the ok seeds, ± the 95% interval's half-width; "
+                              "lower is better); adaptive solvers are shown at the NFE they used. ◦: indistinguishable "
+                              "from the noise floor (real data against real data at the same sample size). Red: failed; "
+                              "yellow: skipped, or some seeds did not finish ok."])
     multi = rows["run"].nunique() > 1
     for group, metric in metrics.items():
         g = rows[rows["group"] == group]
-        if metric is None and (g["status"] == "ok").any():
-            sec.blocks.append(("h3", f"{group}: no quality metric in the table"))
+        if metric is None:
+            if (g["status"] == "ok").any():
+                sec.blocks.append(("h3", f"{group}: no quality metric in the table"))
             continue
-        q = quality(g, metric) if metric is not None else pd.Series(math.nan, index=g.index)
-        g = g.assign(q=q.where(g["status"] == "ok"), col=g["nfe"].map(nfe_text),
-                     bad=(g["status"] != "ok").astype(int))
-        keys = ["run", "solver", "col"]
-        agg = g.groupby(keys, sort=False).agg(q=("q", "mean"), bad=("bad", "sum"), n=("bad", "size"),
-                                              failed=("status", lambda s: (s == "failed").any()))
-        cols = sorted({c for c in agg.index.get_level_values("col") if c != "adaptive"}, key=int)
-        cols += ["adaptive"] if "adaptive" in set(agg.index.get_level_values("col")) else []
-        used = g[g["nfe"].isna() & (g["status"] == "ok")].groupby(["run", "solver"])["nfe_used"].mean()
+        floor = verdicts.group_values(groups, group, "data", metric)
+        cells = verdicts.cell_table(g, metric).set_index(["run", "solver", "key"])
+        status = g.assign(key=g["nfe"].astype("Float64").fillna(-1.0)).groupby(["run", "solver", "key"], sort=False)[
+            "status"].agg(lambda s: "ok" if (s == "ok").all() else "failed" if (s == "failed").any() else "skipped")
+        keys = sorted({k for k in status.index.get_level_values("key")}, key=lambda k: (k < 0, k))
         body = []
-        for run, solver in dict.fromkeys(zip(agg.index.get_level_values("run"), agg.index.get_level_values("solver"))):
-            cells = []
-            for c in cols:
-                if (run, solver, c) not in agg.index:
-                    cells.append("—")
-                    continue
-                r = agg.loc[(run, solver, c)]
-                if r["bad"] == r["n"]:
-                    cells.append(("failed", "bad") if r["failed"] else ("skipped", "warn"))
-                    continue
-                text = fmt(r["q"]) + (f" @{used[(run, solver)]:.0f}" if c == "adaptive" and (run, solver) in used else "")
-                cells.append((f"{text} ({int(r['bad'])} of {int(r['n'])} seeds not ok)", "warn") if r["bad"] else text)
-            body.append(([run] if multi else []) + [solver] + cells)
-        title = f"{group}: {LABELS.get(metric, metric)}" if metric is not None else f"{group}: no ok cell"
-        sec.blocks += [("h3", title),
-                       Table((["run"] if multi else []) + ["solver"]
-                             + [f"NFE {c}" if c != "adaptive" else "adaptive (@ NFE used)" for c in cols], body, "solver")]
+        for run, solver in dict.fromkeys(zip(status.index.get_level_values("run"), status.index.get_level_values("solver"))):
+            row = [run] if multi else []
+            row.append(solver)
+            for k in keys:
+                st = status.get((run, solver, k))
+                if st is None:
+                    row.append("—")
+                elif (run, solver, k) not in cells.index:
+                    row.append((st, "bad" if st == "failed" else "warn"))
+                else:
+                    c = cells.loc[(run, solver, k)]
+                    text = pm(c["q"], c["q_lo"], c["q_hi"]) + (f" @{c['used']:.0f}" if k < 0 else "")
+                    text += " ◦" if verdicts.at_floor(c["q_lo"], c["q_hi"], floor) else ""
+                    row.append((text, "warn") if st != "ok" else text)
+            body.append(row)
+        title = f"{group}: {LABELS.get(metric, metric)}"
+        if math.isfinite(floor[0]):
+            title += f" (noise floor {pm(*floor)})"
+        sec.blocks += [("h3", title), Table((["run"] if multi else []) + ["solver"] + [
+            f"NFE {int(k)}" if k >= 0 else "adaptive (@ NFE used)" for k in keys], body, "solver")]
     return sec
 
 
@@ -67,10 +116,12 @@ def order_section(rows: pd.DataFrame, tol: float) -> Section:
     runs = list(dict.fromkeys(rows["run"]))
     tab = orders.order_table(rows, _declared_orders(rows), tol, by=("run", "group"))
     sec = Section("Convergence order", [
-        f"Measured order p: minus the least-squares slope of log(RMSE vs reference) on log(NFE) over the asymptotic "
-        f"part of the curve (every NFE >= max NFE / {orders.SPAN:g}, at least the {orders.MIN_POINTS} largest; "
-        f"geometric mean over seeds). Fixed-budget ODE solvers only. A mark is 'pass' when |measured − declared| "
-        f"<= {tol:g}. Stochastic samplers have no path error and are not listed."])
+        "Measured order p: minus the least-squares slope of log(RMSE vs reference) on log(NFE) over the asymptotic "
+        f"range detected from the data (bench/orders.py: neighbouring local slopes within {orders.SLOPE_TOL:g} of "
+        f"each other, at least {orders.MIN_POINTS} NFE values spanning {orders.MIN_SPAN:g}x or more), with its 95% "
+        f"interval. 'pass' when |measured − declared| <= {tol:g}. Where a run's budgets cannot show the order the row "
+        "says so; that is not a solver fault. To measure orders: "
+        f"`{orders.MEASURE_COMMAND}`. Stochastic samplers have no path error and are not listed."])
     if tab.empty:
         sec.blocks.append("No ODE solver has finite errors at two or more NFE budgets.")
         return sec
@@ -83,64 +134,56 @@ def order_section(rows: pd.DataFrame, tol: float) -> Section:
                 row += ["—", "—", "—"]
                 continue
             r = r.iloc[0]
-            mark = (r["mark"], "good" if r["mark"] == "pass" else "warn" if r["mark"].startswith("warn") else None)
-            row += ["—" if math.isnan(r["measured"]) else f"{r['measured']:.2f}", r["nfe_range"], mark]
+            cls = "good" if r["mark"] == "pass" else "warn" if r["mark"].startswith("warn") else None
+            measured = "—" if math.isnan(r["measured"]) else (
+                f"{r['measured']:.2f}" + (f" ({r['lo']:.2f}–{r['hi']:.2f})" if math.isfinite(r["lo"]) else ""))
+            row += [measured, r["nfe_range"], (r["mark"], cls)]
         body.append(row)
     tag = (lambda run: f" {run}") if len(runs) > 1 else (lambda run: "")
-    cols = ["model", "solver", "declared"] + [c + tag(run) for run in runs for c in ("measured", "NFE fitted", "mark")]
+    cols = ["model", "solver", "declared"] + [c + tag(run) for run in runs for c in ("measured (95%)", "NFE", "mark")]
     sec.blocks.append(Table(cols, body, "solver"))
     return sec
 
 
-def target_section(rows: pd.DataFrame, metrics: dict, target: tuple[str, float]) -> Section:
-    kind, value = target
-    runs = list(dict.fromkeys(rows["run"]))
-    rule = (f"within {value:g}x of the best mean quality any solver reaches for that model in the run"
-            if kind == "relative" else f"at most {value:g}")
-    sec = Section("NFE to reach a quality target", [
-        f"Smallest NFE whose mean headline metric over seeds is {rule} (set with --target); the quality and the "
-        f"wall-clock are that cell's (the best quality reached when the target is not)."])
+def target_section(rows: pd.DataFrame, metrics: dict, groups: pd.DataFrame, tolerance: float) -> Section:
+    """Smallest NFE whose cell reaches the quality of the converged reference solution (within a tolerance)."""
+    sec = Section("NFE to reach the reference quality", [
+        "The target is the headline quality of the high-accuracy reference solution of the PF-ODE from the same "
+        f"x_T (the converged answer every ODE solver tends to), plus {100 * tolerance:g}% (--tolerance): its 95% "
+        "interval's upper end x (1 + tolerance). A cell reaches the target when its own 95% interval reaches below "
+        "that. Stochastic samplers converge to the data distribution rather than to this solution, and can reach "
+        "it too. Without a reference quality (old runs, or no ODE solver in the run) the section says so."])
     for group, metric in metrics.items():
-        g = rows[(rows["group"] == group) & (rows["status"] == "ok")]
-        if metric is None or g.empty:
+        if metric is None:
             continue
-        g = g.assign(q=quality(g, metric), key=g["nfe"].astype("Float64").fillna(-1.0))
-        cell = g.groupby(["run", "solver", "key"]).agg(q=("q", "mean"), wall=("wall_s", "mean"), used=("nfe_used", "mean"))
-        if cell["q"].notna().sum() == 0:
+        ref = verdicts.group_values(groups, group, "reference", metric)
+        if not math.isfinite(ref[0]):
+            sec.blocks.append(f"{group}: no reference quality recorded; no target.")
             continue
-        best = cell.groupby(level="run")["q"].min()
-        threshold = {run: float(best.get(run, math.nan)) * value if kind == "relative" else value for run in runs}
+        threshold = ref[2] * (1 + tolerance) if ref[2] >= 0 else ref[2] * (1 - tolerance)
+        cells = verdicts.cell_table(rows[rows["group"] == group], metric)
         body = []
-        for solver in plots._ordered_solvers(g):
-            row = [solver]
-            for run in runs:
-                if (run, solver) not in cell.index.droplevel("key"):
-                    row += ["—", "—", "—"]
-                    continue
-                c = cell.loc[(run, solver)].sort_values("used")
-                hit = c[c["q"] <= threshold[run]]
-                if hit.empty:
-                    row += [("not reached", "warn"), fmt(c["q"].min()), "—"]
-                else:
-                    h, key = hit.iloc[0], hit.index[0]
-                    row += [f"{h['used']:.0f} (adaptive)" if key < 0 else str(int(key)), fmt(h["q"]), fmt(h["wall"])]
-            body.append(row)
-        tag = (lambda run: f" {run}") if len(runs) > 1 else (lambda run: "")
-        limits = ", ".join(f"{threshold[r]:.3g}" + (f" ({r})" if len(runs) > 1 else "") for r in runs)
-        sec.blocks += [("h3", f"{group}: {LABELS.get(metric, metric)} <= {limits}"),
-                       Table(["solver"] + [c + tag(run) for run in runs for c in ("smallest NFE", "quality", "wall-clock (s)")],
-                             body, "solver")]
-    if len(sec.blocks) == 1:
-        sec.blocks.append("No ok cell with a quality metric.")
+        for solver, c in cells.groupby("solver", sort=False):
+            c = c.sort_values("used")
+            hit = c[[verdicts.reaches(lo, threshold) for lo in c["q_lo"]]]
+            if hit.empty:
+                best = c.loc[c["q"].idxmin()]
+                body.append([solver, ("not reached", "warn"), pm(best["q"], best["q_lo"], best["q_hi"]), "—"])
+            else:
+                h = hit.iloc[0]
+                nfe = f"{h['used']:.0f} (adaptive)" if h["key"] < 0 else str(int(h["key"]))
+                body.append([solver, nfe, pm(h["q"], h["q_lo"], h["q_hi"]), fmt(h["per_sample"] * 1e3)])
+        sec.blocks += [("h3", f"{group}: reference {pm(*ref)}; target {LABELS.get(metric, metric)} <= {threshold:.3g}"),
+                       Table(["solver", "smallest NFE", "quality ± 95%", "ms per sample"], body, "solver")]
     return sec
 
 
 def pareto_section(rows: pd.DataFrame, metrics: dict) -> Section:
-    """The cells on the quality vs wall-clock Pareto front of each model (and run): the plot's outlined points."""
+    """The cells on the quality vs wall-clock Pareto front (medians of the timed repeats) of each model and run."""
     sec = Section("Pareto front: quality vs wall-clock", [
-        "Cells (solver, NFE; mean over seeds) that no other cell of the same model and run beats on both the "
-        "sampling wall-clock and the headline metric, fastest first. Each is the best quality reachable within "
-        "its wall-clock."])
+        "Cells (solver, NFE; mean quality over seeds, median wall-clock of the timed repeats) that no other cell of "
+        "the same model and run beats on both, fastest first. A front cell whose timing spread is wider than the "
+        "gap to its neighbour is not reliably faster than it: the spread column says how far to trust the order."])
     multi = rows["run"].nunique() > 1
     for group, metric in metrics.items():
         if metric is None:
@@ -149,13 +192,47 @@ def pareto_section(rows: pd.DataFrame, metrics: dict) -> Section:
         if cells.empty:
             continue
         body = [([run] if multi else []) + [r["solver"], nfe_text(r["nfe"]) if pd.notna(r["nfe"])
-                                            else f"adaptive @{r['nfe_used']:.0f}", fmt(r["wall_s"]), fmt(r["q"])]
+                                            else f"adaptive @{r['nfe_used']:.0f}", fmt(r["wall_s"]),
+                                            _spread(r["spread"]), fmt(r["q"])]
                 for run, g in cells.groupby("run", sort=False) for _, r in plots.pareto_front(g).iterrows()]
         sec.blocks += [("h3", f"{group}: {LABELS.get(metric, metric)}"),
-                       Table((["run"] if multi else []) + ["solver", "NFE", "wall-clock (s)", LABELS.get(metric, metric)],
-                             body, "solver")]
+                       Table((["run"] if multi else []) + ["solver", "NFE", "wall-clock (s, median)", "spread",
+                                                           LABELS.get(metric, metric)], body, "solver")]
     if len(sec.blocks) == 1:
         sec.blocks.append("No ok cell with a quality metric and a wall-clock.")
+    return sec
+
+
+def _spread(v) -> str | tuple:
+    if v is None or not math.isfinite(v):
+        return "—"
+    text = f"{100 * v:.0f}%"
+    return (text, "warn") if v > SPREAD_WARN else text
+
+
+def timing_section(rows: pd.DataFrame, runs: list[Run]) -> Section:
+    """How far the wall-clocks can be trusted: repeats, spread, the machine's load."""
+    ok = rows[rows["status"] == "ok"]
+    spread = pd.to_numeric(ok.get("wall_spread", pd.Series(dtype=float)), errors="coerce")
+    wide = ok[spread > SPREAD_WARN]
+    sec = Section("Timings", [
+        "wall_s is the median of --repeats timed repetitions of each cell (the same samples each time); the spread is "
+        "(max − min) / median. A loaded machine widens it; compare timings only within one run."])
+    for run in runs:
+        m = run.manifest or {}
+        dev, cfg = m.get("device") or {}, m.get("config") or {}
+        load = m.get("load_average") or {}
+        sec.blocks.append(f"{run.label}: repeats {cfg.get('repeats', '—')}; CPU {dev.get('cpu_model', dev.get('cpu', '—'))}, "
+                          f"{dev.get('torch_threads', '—')} torch thread(s); load average at start {load.get('start', '—')}, "
+                          f"at end {load.get('end', '—')}.")
+    if len(wide):
+        sec.blocks.append(("p", f"{len(wide)} of {len(ok)} ok cells have a timing spread above {100 * SPREAD_WARN:g}%: "
+                                "their wall-clocks (and Pareto positions) are uncertain by that much.", "warn"))
+        body = [[r["group"], r["solver"], nfe_text(r["nfe"]), fmt(r["wall_s"]), _spread(float(r["wall_spread"]))]
+                for _, r in wide.sort_values("wall_spread", ascending=False).head(30).iterrows()]
+        sec.blocks.append(Table(["model", "solver", "NFE", "wall-clock (s)", "spread"], body, "solver"))
+    elif len(ok):
+        sec.blocks.append(("p", f"Every ok cell's timing spread is within {100 * SPREAD_WARN:g}%.", "good"))
     return sec
 
 

@@ -26,14 +26,17 @@ import reference_models
 from reference_models import ReferenceModel
 from solvers import get_solver, per_sample_generators, sample
 
-from . import metrics, schema
+from . import arrays, metrics, quality, schema
 from .dist import World
+from .group_rows import write_group_rows
 from .store import Journal, atomic_write, write_tables
 
 # Default samples per cell, by the model's metric family (overridden by --samples).
 DEFAULT_SAMPLES = {"2d": 1000, "image": 200}
-# Streams of per-sample seeds: prior noise, solver noise, real data.
-XT, NOISE, REAL = 0, 1, 2
+# Streams of per-sample seeds: prior noise, solver noise, real data, the noise floor's second real draw.
+XT, NOISE, REAL, FLOOR = 0, 1, 2, 3
+REFERENCE_CHUNKS = 8
+GROUPS = "groups.parquet"  # group rows: reference quality and noise floor  # the reference solution is computed in pieces, for its progress bar
 
 
 @dataclass(frozen=True)
@@ -149,11 +152,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _is_stochastic(spec, options: dict) -> bool:
-    stochastic = getattr(spec, "stochastic", None)
-    return bool(stochastic(options)) if callable(stochastic) else spec.kind == "sde"
-
-
 def reference_path(cache_dir, cell: Cell, ref: ReferenceModel, n: int) -> Path:
     """Where a group's reference solution is cached: the model cache, keyed by the model's fingerprint.
 
@@ -172,11 +170,12 @@ def reference_path(cache_dir, cell: Cell, ref: ReferenceModel, n: int) -> Path:
 
 
 class Group:
-    """What the cells of one (model, schedule, seed) group share: model, x_T shard, reference, real data."""
+    """What the cells of one (model, schedule, seed) group share: model, x_T shard, reference solution, and
+    on rank 0 the evaluator of their metrics, with the group rows (reference quality, noise floor)."""
 
     def __init__(self, sweep: Sweep, cell: Cell, world: World, run_dir: Path, loader: Callable, progress: bool,
                  needs_reference: bool):
-        self.world, self.seed = world, cell.seed
+        self.world, self.seed, self.run_dir, self.cell = world, cell.seed, run_dir, cell
         # rank 0 loads (and trains, on first use) before the others read the cache
         if world.main:
             self.ref = loader(cell.model, cell.schedule, cell.prediction, sweep.cache_dir, world.device, progress)
@@ -193,16 +192,44 @@ class Group:
                                                   device=world.device)
         self.reference, self.reference_note = None, ""
         if needs_reference:
-            self.reference, self.reference_note = self._reference(reference_path(sweep.cache_dir, cell, self.ref,
-                                                                                 self.n))
-        self.real = self.exact_log_p = None
+            path = reference_path(sweep.cache_dir, cell, self.ref, self.n)
+            self.reference, self.reference_note = self._reference(path, progress)
+        self.rows: list[dict] = []
         if world.main:
-            self.real = self.ref.data(self.n, torch.Generator().manual_seed(sample_seeds(self.seed, REAL, [0])[0]))
-            if self.ref.mixture is not None:
-                self.exact_log_p = metrics.exact_log_likelihood(self.ref, self.seed)
+            self._measure_against(sweep)
 
-    def _reference(self, path: Path):
-        """The reference solution from this group's x_T, from the run directory's cache or computed (sharded)."""
+    def _measure_against(self, sweep: Sweep) -> None:
+        """Rank 0: real data, the evaluator, and the group rows: quality of the reference solution and of an
+        independent real draw (the noise floor), with intervals; the group's arrays go to the run directory."""
+        real = self.ref.data(self.n, torch.Generator().manual_seed(sample_seeds(self.seed, REAL, [0])[0]))
+        self.features = None
+        if self.ref.metric == "image":
+            name = f"{self.ref.name}-real-n{self.n}-seed{self.seed}"
+            self.features = lambda x: quality.image_features(
+                x, real, cache_dir=sweep.cache_dir, device=str(self.world.device), real_cache_name=name)[0].numpy()
+        real_points = metrics.observe(self.ref, real, features=self.features).points
+        exact = metrics.exact_log_likelihood(self.ref, self.seed) if self.ref.mixture is not None else None
+        self.evaluator = metrics.Evaluator(real_points, exact, self.seed, self.ref.metric)
+        floor_gen = torch.Generator().manual_seed(sample_seeds(self.seed, FLOOR, [0])[0])
+        sources = {"data": (self.ref.floor_data(self.n, floor_gen), "independent real draw of the same size")}
+        if self.reference is not None:
+            sources["reference"] = (self.reference.float(), self.reference_note)
+        for source, (x, note) in sources.items():
+            obs = metrics.observe(self.ref, x, features=self.features)
+            if source == "data" and exact is not None:  # the NLL gap's floor: exact draws against exact draws
+                obs.log_p = metrics.log_density(self.ref, self.ref.mixture.sample(
+                    self.n, floor_gen, schedule=self.ref.schedule, t=self.ref.schedule.default_t_end,
+                    dtype=torch.float64))
+            values = self.evaluator.measure(obs, self.seed)
+            self.rows += [{**dict(zip(("model", "schedule", "prediction", "seed"), self.cell.group)), "source": source, "metric": m,
+                           "value": values[m], "lo": values[schema.bounds(m)[0]], "hi": values[schema.bounds(m)[1]],
+                           "samples": self.n, "note": note} for m in values if m in schema.METRICS]
+        path = arrays.group_dir(self.run_dir, *self.cell.group) / "group.safetensors"
+        arrays.save_group(path, real_points, exact, real if self.ref.metric == "2d" else real[:arrays.GRID_SAMPLES],
+                          self.seed, self.ref.metric)
+
+    def _reference(self, path: Path, progress: bool):
+        """The reference solution from this group's x_T, from the model cache or computed (sharded)."""
         from safetensors.torch import load_file, save_file
 
         x_T = self.world.gather(self.x_T.cpu())
@@ -217,7 +244,7 @@ class Group:
         if self.world.broadcast(cached is not None):
             return cached, "cached"
         try:
-            x, how = metrics.reference(self.ref, self.x_T)
+            x, how = self._solve_reference(progress)
             err = None
         except Exception as e:
             x, how, err = torch.zeros(self.x_T.shape, dtype=torch.float64), "", f"{type(e).__name__}: {e}"
@@ -232,68 +259,96 @@ class Group:
                                                     metadata={"method": how}))
         return x, how
 
+    def _solve_reference(self, progress: bool) -> tuple[torch.Tensor, str]:
+        """The reference in REFERENCE_CHUNKS pieces, with its own progress bar (it can take a minute)."""
+        pieces = torch.arange(len(self.x_T)).chunk(REFERENCE_CHUNKS) if len(self.x_T) else []
+        outs, hows = [], []
+        bar = tqdm(pieces, desc=f"reference solution {self.cell.model}/{self.cell.schedule}", unit="chunk",
+                   leave=False, disable=not (progress and self.world.main), dynamic_ncols=True)
+        for idx in bar:
+            x, how = metrics.reference(self.ref, self.x_T[idx])
+            outs.append(x)
+            hows.append(how)
+        method = hows[0].rsplit(",", 1)[0] if hows else "no samples"
+        return (torch.cat(outs) if outs else self.x_T.double().cpu()), f"{method}, in {len(outs)} chunk(s)"
+
 
 def run_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep) -> dict | None:
     """Sample one cell on every rank and score it on rank 0; returns the row on rank 0, None elsewhere."""
-    world, model, spec = group.world, group.model, get_solver(cell.solver)
+    world, spec = group.world, get_solver(cell.solver)
     options = spec.resolve_options({})
-    stochastic = _is_stochastic(spec, options)
-    row = cell.identity()
-    row.update(run_id=sweep.run_id, kind="sde" if stochastic else "ode", order=float(spec.order),
-               timesteps="adaptive" if spec.adaptive else spec.default_grid,
-               options=json.dumps(options, sort_keys=True), samples=group.n, device=str(world.device))
-    if cell.nfe is not None:
-        try:
-            spec.steps(cell.nfe, options)
-        except ValueError as e:  # a budget the solver cannot spend exactly: the registry says why
-            return {**row, "status": "skipped", "message": str(e)} if world.main else None
-
-    local = {"error": None}
-    outs, calls, steps = [], [], []
-    try:
-        def run(x, indices):
-            gens = per_sample_generators(sample_seeds(cell.seed, NOISE, indices)) if stochastic else None
-            return sample(model, x, cell.solver, nfe=cell.nfe, generator=gens, return_info=True)
-
-        if (cell.model, cell.schedule, cell.solver) not in warmed:  # warm-up: a tiny untimed call
-            run(group.x_T[:2], list(group.shard)[:2])
-            warmed.add((cell.model, cell.schedule, cell.solver))
-        memory = PeakMemory(world.device)
-        model.reset()
-        memory.start()
-        _sync(world.device)
-        start = time.perf_counter()
-        for b in range(0, len(group.shard), group.batch):
-            indices = group.shard[b: b + group.batch]
-            before = model.nfe
-            x, info = run(group.x_T[b: b + group.batch], indices)
-            outs.append(x)
-            calls.append((model.nfe - before, len(indices)))
-            steps.append((info.steps, len(indices)))
-        _sync(world.device)
-        local.update(wall_s=time.perf_counter() - start, model_s=model.model_time_s, peak_mem_mb=memory.stop())
-        x = torch.cat(outs) if outs else group.x_T[:0]
-        bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).sum())
-        if bad:
-            raise FloatingPointError(f"{bad} of {x.shape[0]} samples are NaN/Inf")
-    except Exception as e:  # any failure becomes a failed row; the sweep goes on
-        local["error"] = f"{type(e).__name__}: {e}"
-        x = group.x_T
-    reports = world.gather_objects({**local, "calls": calls, "steps": steps})
+    stochastic = spec.stochastic(options)
+    row = {**cell.identity(), "run_id": sweep.run_id, "kind": "sde" if stochastic else "ode",
+           "order": float(spec.order), "timesteps": "adaptive" if spec.adaptive else spec.default_grid,
+           "options": json.dumps(options, sort_keys=True), "samples": group.n, "device": str(world.device),
+           "repeats": sweep.repeats}
+    if cell.nfe is not None and not spec.budgets([cell.nfe], options):
+        return {**row, "status": "skipped", "message": _budget_message(spec, cell.nfe, options)} if world.main else None
+    local = sample_cell(cell, group, warmed, sweep, stochastic)
+    reports = world.gather_objects({k: v for k, v in local.items() if k != "x"})
     failures = [f"rank {r}: {p['error']}" if world.active else p["error"] for r, p in enumerate(reports) if p["error"]]
     if failures:
         return {**row, "status": "failed", "message": failures[0]} if world.main else None
-    x = world.gather(x.cpu())
+    x = world.gather(local["x"].cpu())
     if not world.main:
         return None
-    row.update(
-        wall_s=max(p["wall_s"] for p in reports),  # ranks run in parallel: the slowest one
-        model_s=max(p["model_s"] for p in reports),
-        peak_mem_mb=max(p["peak_mem_mb"] for p in reports),  # per process
-        nfe_used=_per_sample_mean([c for p in reports for c in p["calls"]]),
-        steps=_per_sample_mean([s for p in reports for s in p["steps"]]),
-    )
-    return score(row, x, group, stochastic, sweep)
+    walls = np.max([p["walls"] for p in reports], axis=0)  # ranks run in parallel: the slowest one, per repeat
+    wall = float(np.median(walls))
+    row.update(wall_s=wall, wall_spread=float((walls.max() - walls.min()) / wall) if wall > 0 else math.nan,
+               wall_per_sample_s=wall / group.n, model_s=float(np.median(np.max([p["models"] for p in reports], 0))),
+               peak_mem_mb=max(p["peak_mem_mb"] for p in reports),  # per process
+               nfe_used=_per_sample_mean([c for p in reports for c in p["calls"]]),
+               steps=_per_sample_mean([s for p in reports for s in p["steps"]]))
+    return score(row, x, group, stochastic)
+
+
+def _budget_message(spec, nfe: int, options: dict) -> str:
+    try:
+        spec.steps(nfe, options)
+    except ValueError as e:  # a budget the solver cannot spend exactly: the registry says why
+        return str(e)
+    return f"budget {nfe} not accepted"
+
+
+def sample_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep, stochastic: bool) -> dict:
+    """This rank's samples of a cell, timed `sweep.repeats` times (after an untimed warm-up on first use)."""
+    model = group.model
+    out = {"error": None, "x": group.x_T, "calls": [], "steps": [], "walls": [], "models": [], "peak_mem_mb": 0.0}
+
+    def run(x, indices):
+        gens = per_sample_generators(sample_seeds(cell.seed, NOISE, indices)) if stochastic else None
+        return sample(model, x, cell.solver, nfe=cell.nfe, generator=gens, return_info=True)
+
+    try:
+        if (cell.model, cell.schedule, cell.solver) not in warmed:  # warm-up: a tiny untimed call
+            run(group.x_T[:2], list(group.shard)[:2])
+            warmed.add((cell.model, cell.schedule, cell.solver))
+        for repeat in range(sweep.repeats):
+            memory = PeakMemory(group.world.device)
+            model.reset()
+            memory.start()
+            _sync(group.world.device)
+            start = time.perf_counter()
+            outs, calls, steps = [], [], []
+            for b in range(0, len(group.shard), group.batch):
+                indices = group.shard[b: b + group.batch]
+                before = model.nfe
+                x, info = run(group.x_T[b: b + group.batch], indices)
+                outs.append(x)
+                calls.append((model.nfe - before, len(indices)))
+                steps.append((info.steps, len(indices)))
+            _sync(group.world.device)
+            out["walls"].append(time.perf_counter() - start)
+            out["models"].append(model.model_time_s)
+            out["peak_mem_mb"] = max(out["peak_mem_mb"], memory.stop())
+            if repeat == 0:  # every repeat gives the same samples (same x_T, same per-sample noise)
+                out.update(x=torch.cat(outs) if outs else group.x_T[:0], calls=calls, steps=steps)
+        bad = int((~torch.isfinite(out["x"].reshape(out["x"].shape[0], -1))).any(1).sum())
+        if bad:
+            raise FloatingPointError(f"{bad} of {out['x'].shape[0]} samples are NaN/Inf")
+    except (Exception, MemoryError) as e:  # any failure, out-of-memory included, is a failed row; the sweep goes on
+        out.update(error=f"{type(e).__name__}: {e}", x=group.x_T)
+    return out
 
 
 def _per_sample_mean(pairs) -> int:
@@ -302,27 +357,22 @@ def _per_sample_mean(pairs) -> int:
     return round(sum(c * n for c, n in pairs) / total) if total else 0
 
 
-def score(row: dict, x: torch.Tensor, group: Group, stochastic: bool, sweep: Sweep) -> dict:
-    """Path error, NLL gap and quality of a cell's gathered samples (rank 0)."""
-    notes = []
+def score(row: dict, x: torch.Tensor, group: Group, stochastic: bool) -> dict:
+    """Metrics with intervals of a cell's gathered samples (rank 0); its arrays go to the run directory."""
+    reference = None if stochastic else group.reference
     try:
-        if not stochastic:
-            if group.reference is not None:
-                row.update(metrics.path_errors(x, group.reference))
-            else:
-                notes.append(group.reference_note)
-        if group.exact_log_p is not None:
-            row["nll_gap"] = metrics.nll_gap(group.ref, x, group.exact_log_p)
-        row.update(metrics.quality(group.ref, x, group.real, group.seed, cache_dir=sweep.cache_dir,
-                                   device=str(group.world.device),
-                                   real_cache_name=f"{group.ref.name}-real-n{group.n}-seed{group.seed}"))
+        obs = metrics.observe(group.ref, x, reference, features=group.features)
+        row.update(group.evaluator.measure(obs, group.seed))
+        arrays.save_cell(arrays.cell_path(group.run_dir, *group.cell.group, row["solver"], row["nfe"]), obs, x,
+                         image=group.ref.metric == "image")
     except Exception as e:
         return {**row, "status": "failed", "message": f"metrics: {type(e).__name__}: {e}"}
-    values = {k: row.get(k) for k in ("error_rmse", "error_max", "nll_gap", "swd", "mmd", "fid", "kid")}
+    values = {k: row.get(k) for k in schema.METRICS}
     if not metrics.all_finite(values):
         bad = ", ".join(k for k, v in values.items() if v is not None and not math.isfinite(v))
         return {**row, "status": "failed", "message": f"non-finite metric(s): {bad}"}
-    return {**row, "status": "ok", "message": "; ".join(notes)}
+    note = group.reference_note if group.reference is None and not stochastic else ""
+    return {**row, "status": "ok", "message": note}
 
 
 def run_sweep(sweep: Sweep, run_dir: Path, world: World, loader: Callable = load_model, progress: bool = True,
@@ -336,29 +386,15 @@ def run_sweep(sweep: Sweep, run_dir: Path, world: World, loader: Callable = load
     done = world.broadcast(journal.done(retry_failed=retry_failed) if world.main else None)
     todo = [c for c in sweep.cells() if c.key not in done]
     bar = tqdm(total=len(todo), unit="cell", disable=not (progress and world.main), dynamic_ncols=True)
-    warmed: set = set()
     groups: dict[tuple, list[Cell]] = {}
     for c in todo:
         groups.setdefault(c.group, []).append(c)
     try:
         for cells in groups.values():
-            bar.set_postfix_str(f"{cells[0].model}/{cells[0].schedule} seed={cells[0].seed}: loading")
-            try:
-                needs_ref = any(not _is_stochastic(get_solver(c.solver), get_solver(c.solver).resolve_options({}))
-                                for c in cells)
-                group, group_error = Group(sweep, cells[0], world, run_dir, loader, progress, needs_ref), None
-            except Exception as e:
-                group, group_error = None, f"loading {cells[0].model} failed: {type(e).__name__}: {e}"
-            errors = [m for m in world.gather_objects(group_error) if m]
-            for cell in cells:
-                bar.set_postfix_str(str(cell))
-                if errors:
-                    row = {**cell.identity(), "run_id": sweep.run_id, "status": "failed", "message": errors[0]}
-                else:
-                    row = run_cell(cell, group, warmed, sweep)
-                if world.main:
-                    journal.append(row)
-                bar.update()
+            group, errors = _open_group(sweep, cells, world, run_dir, loader, progress, bar)
+            if world.main and group is not None:
+                write_group_rows(run_dir, group.rows)
+            _run_group(cells, group, errors, sweep, world, journal, bar)
             if world.main:
                 write_tables(journal, run_dir)  # checkpoint after every group
     finally:  # a checkpoint of the tables, also when interrupted (Ctrl-C)
@@ -366,3 +402,30 @@ def run_sweep(sweep: Sweep, run_dir: Path, world: World, loader: Callable = load
         if world.main:
             write_tables(journal, run_dir)
     return journal.table() if world.main else None
+
+
+def _open_group(sweep, cells, world, run_dir, loader, progress, bar) -> tuple[Group | None, list[str]]:
+    """Load a group's model and reference (the bar is cleared meanwhile, and its clock paused: training and the
+    reference solution print their own progress and must not count in the cells' ETA)."""
+    bar.set_postfix_str(f"{cells[0].model}/{cells[0].schedule} seed={cells[0].seed}: loading")
+    bar.clear()
+    try:
+        needs_ref = any(not get_solver(c.solver).stochastic() for c in cells)
+        group, error = Group(sweep, cells[0], world, run_dir, loader, progress, needs_ref), None
+    except Exception as e:
+        group, error = None, f"loading {cells[0].model} failed: {type(e).__name__}: {e}"
+    bar.unpause()
+    return group, [m for m in world.gather_objects(error) if m]
+
+
+def _run_group(cells, group, errors, sweep, world, journal, bar) -> None:
+    warmed: set = set()
+    for cell in cells:
+        bar.set_postfix_str(str(cell))
+        if errors:
+            row = {**cell.identity(), "run_id": sweep.run_id, "status": "failed", "message": errors[0]}
+        else:
+            row = run_cell(cell, group, warmed, sweep)
+        if world.main:
+            journal.append(row)
+        bar.update()

@@ -54,6 +54,11 @@ def held_out(n: int, generator=None) -> torch.Tensor:
     return draw(_split()[2], n, generator)
 
 
+def train_draw(n: int, generator=None) -> torch.Tensor:
+    """n real digits from the training split, shaped (n, 1, 8, 8): the noise floor's second real sample."""
+    return draw(_split()[0], n, generator)
+
+
 @functools.lru_cache(maxsize=1)
 def digits_mixture() -> GaussianMixture:
     """A 16-component full-covariance mixture fitted by scikit-learn (EM, k-means init, seed 0) to the train split."""

@@ -31,6 +31,13 @@ class ReferenceModel:
     data: Callable[[int, torch.Generator | None], torch.Tensor]  # n held-out real data points
     mixture: GaussianMixture | None = None  # exact models: closed-form densities
     info: dict = field(default_factory=dict)  # trained models: the checkpoint's config (steps, seed, ...)
+    # a second real sample, independent of `data`, for the noise floor (data vs data); default: `data` itself
+    train_data: Callable[[int, torch.Generator | None], torch.Tensor] | None = None
+
+    def floor_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n real points independent of `data`'s draws: the training split where the model has one (digits),
+        else fresh draws from the same source (generated 2-D sets, exact mixtures)."""
+        return (self.train_data or self.data)(n, generator)
 
     @property
     def schedule(self) -> Schedule:
@@ -75,6 +82,9 @@ MODELS: dict[str, Entry] = {
     "cifar10": Entry("trained", "image", (3, 32, 32), "DDPM U-Net on CIFAR-10 (downloads data; GPU job)"),
     "mnist": Entry("trained", "image", (1, 28, 28), "U-Net on MNIST (downloads data; GPU job)"),
 }
+
+# Noise floor's second real sample where it is not a fresh draw of `data`: the digits' training split.
+_TRAIN_DATA = {"gmm-digits": digits.train_draw, "digits": digits.train_draw}
 
 # What `python -m bench run` sweeps by default: the exact models and the small trained ones.
 DEFAULT_MODELS = ["gmm2d", "gmm-digits", *(f"toy2d-{k}" for k in toy2d.SAMPLERS), "digits"]
@@ -123,7 +133,7 @@ def load(name: str, schedule: str = "vp", prediction: str = "eps", cache_dir=Non
         mixture = make()
         data = data or (lambda n, generator=None: mixture.sample(n, generator))
         return ReferenceModel(name, mixture.model(make_schedule(schedule), prediction), mixture.shape, "exact",
-                              entry.metric, data, mixture)
+                              entry.metric, data, mixture, train_data=_TRAIN_DATA.get(name))
     from .train import load_trained
 
     den, config = load_trained(name, schedule, prediction, cache_dir=cache_dir, device=device,
@@ -134,4 +144,4 @@ def load(name: str, schedule: str = "vp", prediction: str = "eps", cache_dir=Non
             return den(x, t)
 
     return ReferenceModel(name, Model(fn, den.schedule, prediction), entry.shape, "trained", entry.metric,
-                          _trained_data(name), None, config)
+                          _trained_data(name), None, config, train_data=_TRAIN_DATA.get(name))

@@ -1,0 +1,109 @@
+"""Per-sample arrays of a run, beside its tables: what paired comparisons, sample grids and equivalences need.
+
+DIR/arrays/<group>/group.safetensors holds what a group's cells are measured against (real points,
+exact log-likelihood statistics, real samples to draw); DIR/arrays/<group>/<solver>-nfe<N>.safetensors
+holds a cell's `Observation` and the samples to draw (all of them for 2-D models, the first
+`GRID_SAMPLES` for images). Written atomically and without pickle (safetensors).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from reference_models.checkpoints import atomic_write
+
+from .metrics import Evaluator, Observation
+
+DIR = "arrays"
+GRID_SAMPLES = 16
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(text))
+
+
+def group_dir(run_dir, model: str, schedule: str, prediction: str, seed: int) -> Path:
+    return Path(run_dir) / DIR / _safe(f"{model}-{schedule}-{prediction}-seed{seed}")
+
+
+def cell_path(run_dir, model, schedule, prediction, seed, solver: str, nfe) -> Path:
+    name = f"{solver}-nfe{'auto' if nfe is None else int(nfe)}.safetensors"
+    return group_dir(run_dir, model, schedule, prediction, seed) / _safe(name)
+
+
+def _save(path: Path, tensors: dict, meta: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v.contiguous())
+               for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: save_file(tensors, p, metadata={k: str(v) for k, v in (meta or {}).items()}))
+
+
+def _load(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def save_cell(path: Path, obs: Observation, samples: torch.Tensor, image: bool) -> None:
+    shown = samples[:GRID_SAMPLES] if image else samples
+    _save(path, {**obs.arrays(), "samples": shown.detach().cpu().float()})
+
+
+def load_cell(path: Path) -> tuple[Observation, torch.Tensor] | None:
+    """The cell's observation and drawn samples, or None when the file is missing or unreadable."""
+    try:
+        t, _ = _load(path)
+    except Exception:
+        return None
+    obs = Observation(**{k: (t[k].numpy() if k in t else None) for k in ("points", "log_p", "sq_err", "max_err")})
+    return obs, t.get("samples")
+
+
+def save_group(path: Path, real_points, exact, real_samples: torch.Tensor, seed: int, family: str) -> None:
+    tensors = {"real_samples": real_samples.detach().cpu().float()}
+    if real_points is not None:
+        tensors["real_points"] = np.asarray(real_points, dtype=np.float64)
+    if exact is not None:
+        tensors["exact"] = np.asarray(exact, dtype=np.float64)
+    _save(path, tensors, {"seed": seed, "family": family})
+
+
+def load_group(path: Path) -> tuple[Evaluator, torch.Tensor] | None:
+    """The group's evaluator (rebuilt from its arrays) and real samples, or None when missing or unreadable."""
+    try:
+        t, meta = _load(path)
+    except Exception:
+        return None
+    real = t["real_points"].numpy() if "real_points" in t else None
+    exact = t["exact"].numpy() if "exact" in t else None
+    return Evaluator(real, exact, int(meta.get("seed", 0)), meta.get("family", "2d")), t["real_samples"]
+
+
+def drawn_samples(run_dir, rows) -> tuple[dict, torch.Tensor | None, bool] | None:
+    """(cells, real, image) of one group's ok rows in one run, first seed, for the report's sample figure:
+    cells maps (solver, NFE label) to the drawn samples. None when the run kept no arrays."""
+    ok = rows[rows["status"] == "ok"]
+    if ok.empty:
+        return None
+    r = ok.iloc[0]
+    seed = int(ok["seed"].min())
+    key = (r["model"], r["schedule"], r["prediction"], seed)
+    group = load_group(group_dir(run_dir, *key) / "group.safetensors")
+    if group is None:
+        return None
+    evaluator, real = group
+    cells = {}
+    for _, c in ok[ok["seed"] == seed].sort_values("nfe", na_position="last").iterrows():
+        nfe = None if pd.isna(c["nfe"]) else int(c["nfe"])
+        got = load_cell(cell_path(run_dir, *key[:3], seed, c["solver"], nfe))
+        if got is not None and got[1] is not None:
+            cells[(c["solver"], "adaptive" if nfe is None else str(nfe))] = got[1]
+    image = evaluator.family == "image"
+    return cells, (None if image else real), image
