@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
+import pathlib
 import sys
 import time
 from collections.abc import Callable
@@ -140,26 +142,75 @@ def denoising_loss(den: Denoiser, x0: torch.Tensor, generator: torch.Generator) 
     return torch.mean((den.raw(xt, t) - den.target(x0, eps, t)) ** 2)
 
 
+MAX_SEED = 2**63 - 1  # seeds are stored in Int64 columns and seed torch generators
+
+
 def train(name: str, schedule: str = "vp", prediction: str = "eps", steps: int | None = None, seed: int = 0,
           cache_dir=None, device: str = "cpu", progress: bool = True, batch_size: int | None = None,
           data_root=None, out_path=None):
-    """Train `name` and write its EMA weights + config into the cache; returns the checkpoint path."""
-    spec = get_spec(name)
-    steps = spec.steps if steps is None else int(steps)
-    batch_size = spec.batch_size if batch_size is None else int(batch_size)
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch size must be positive, got steps={steps}, batch_size={batch_size}")
+    """Train `name` and write its EMA weights + config into the cache; returns the checkpoint path.
+
+    Writers of one checkpoint take turns (a lock file beside it): a call that waited while another
+    process wrote a checkpoint with the same settings (name, schedule, prediction, steps, seed,
+    batch size) returns that checkpoint instead of training again.
+    """
+    spec, steps, batch_size = _check_request(name, schedule, prediction, steps, seed, batch_size)
+    path = pathlib.Path(out_path) if out_path else cache.checkpoint_path(name, schedule, prediction, cache_dir)
+    before = _stamp(path)
+    with checkpoints.file_lock(path):
+        if before != _stamp(path):
+            same = {**expected_config(spec, schedule, prediction), "steps": steps, "seed": seed,
+                    "batch_size": batch_size}
+            try:
+                checkpoints.load_checkpoint(path, same)
+                print(f"samplerbench: {path} was just trained by another process with the same settings; using it",
+                      file=sys.stderr, flush=True)
+                return path
+            except checkpoints.CheckpointError:
+                pass
+        return _train_unlocked(spec, schedule, prediction, steps, seed, device, progress, batch_size, data_root, path)
+
+
+def _check_request(name, schedule, prediction, steps, seed, batch_size):
     from .registry import SCHEDULES
 
+    spec = get_spec(name)
+    steps = spec.steps if steps is None else steps
+    batch_size = spec.batch_size if batch_size is None else batch_size
+    checked = []
+    for what, v, lo, hi in (("steps", steps, 1, None), ("batch_size", batch_size, 1, None), ("seed", seed, 0, MAX_SEED)):
+        try:
+            n = None if isinstance(v, bool) else operator.index(v)
+        except TypeError:
+            n = None
+        if n is None or n < lo or (hi is not None and n > hi):
+            span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise ValueError(f"{what} must be an integer {span}, got {v!r}")
+        checked.append(n)
+    steps, batch_size, _ = checked
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if prediction not in TARGETS:
+        raise ValueError(f"trained models predict one of {', '.join(TARGETS)}; got {prediction!r}")
+    return spec, steps, batch_size
+
+
+def _stamp(path: pathlib.Path):
+    """What identifies one version of a file: (inode, size, mtime), or None if there is none."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _train_unlocked(spec, schedule, prediction, steps, seed, device, progress, batch_size, data_root, path):
     # CPU: one thread, reproducible across machines and far faster on a shared CPU
     with torch_threads(1 if str(device) == "cpu" else None):
-        return _train(spec, schedule, prediction, steps, seed, cache_dir, device, progress, batch_size, data_root,
-                      out_path)
+        return _train(spec, schedule, prediction, steps, seed, device, progress, batch_size, data_root, path)
 
 
-def _train(spec, schedule, prediction, steps, seed, cache_dir, device, progress, batch_size, data_root, out_path):
+def _train(spec, schedule, prediction, steps, seed, device, progress, batch_size, data_root, path):
     name = spec.name
     den = build_denoiser(spec, schedule, prediction, seed).to(device).train()
     ema = copy.deepcopy(den.net).requires_grad_(False)
@@ -190,7 +241,6 @@ def _train(spec, schedule, prediction, steps, seed, cache_dir, device, progress,
               "optimizer": "AdamW", "final_loss": running, "train_time_s": round(time.perf_counter() - start, 2),
               "train_cpu_s": round(time.process_time() - cpu_start, 2),
               "device": str(device), "versions": _versions()}
-    path = out_path or cache.checkpoint_path(name, schedule, prediction, cache_dir)
     return checkpoints.save_checkpoint(path, ema.state_dict(), config)
 
 
@@ -206,9 +256,12 @@ def load_trained(name: str, schedule: str = "vp", prediction: str = "eps", cache
             raise FileNotFoundError(f"model {name!r} ({schedule}, {prediction}) is not trained yet (no {path}); run "
                                     f"`python -m bench train {name} --schedule {schedule} --prediction {prediction}` "
                                     "or load it with train=True")
-        print(f"samplerbench: {name} ({schedule}, {prediction}) is not in the cache; training it now "
-              f"({spec.steps} steps) into {path}", file=sys.stderr, flush=True)
-        train(name, schedule, prediction, cache_dir=cache_dir, progress=progress)
+        _, steps, batch_size = _check_request(name, schedule, prediction, None, 0, None)
+        with checkpoints.file_lock(path):
+            if not path.exists():  # else another process trained it while we waited
+                print(f"samplerbench: {name} ({schedule}, {prediction}) is not in the cache; training it now "
+                      f"({spec.steps} steps) into {path}", file=sys.stderr, flush=True)
+                _train_unlocked(spec, schedule, prediction, steps, 0, "cpu", progress, batch_size, None, path)
     state, config = checkpoints.load_checkpoint(path, expected_config(spec, schedule, prediction))
     den = build_denoiser(spec, schedule, prediction)
     checkpoints.load_state_into(den.net, state, path)

@@ -20,8 +20,7 @@ def test_round_trip(tmp_path):
     state, config = ck.load_checkpoint(path, {"name": "toy", "prediction": "eps"})
     assert config == CONFIG
     assert all(torch.equal(state[k], STATE[k]) for k in STATE)
-    assert json.loads((tmp_path / "m.json").read_text()) == CONFIG
-    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # one file: weights and config together
 
 
 def test_truncated_checkpoint_is_reported(tmp_path):
@@ -50,14 +49,63 @@ def test_mismatched_config_is_reported(tmp_path):
         ck.load_checkpoint(path, {"architecture": {"type": "mlp", "hidden": 8}})
 
 
-def test_config_file_that_disagrees_with_the_weights_is_reported(tmp_path):
+def test_an_older_versions_json_copy_is_ignored_and_removed_on_rewrite(tmp_path):
     path = ck.save_checkpoint(tmp_path / "m.safetensors", STATE, CONFIG)
-    (tmp_path / "m.json").write_text(json.dumps({**CONFIG, "prediction": "x0"}))
-    with pytest.raises(CheckpointError, match="does not match the config stored"):
+    (tmp_path / "m.json").write_text(json.dumps({**CONFIG, "prediction": "x0"}))  # stale, as an old pair could be
+    assert ck.load_checkpoint(path)[1] == CONFIG  # the header is the one source of truth
+    ck.save_checkpoint(path, STATE, {**CONFIG, "steps": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def _with_config_text(tmp_path, text) -> "os.PathLike":
+    from safetensors.torch import save
+
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(save(STATE, metadata={ck.CONFIG_KEY: text}))
+    return path
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("{not json", "Expecting property name"),
+    ("[" * 100_000 + "]" * 100_000, "maximum recursion depth"),  # RecursionError in json.loads
+    ('{"a": ' + "[" * 40 + "1" + "]" * 40 + "}", "nested deeper than 32"),
+    ("[1, 2]", "config is a JSON list, not an object"),
+    ('"name"', "config is a JSON str, not an object"),
+    ("null", "config is a JSON NoneType, not an object"),
+], ids=["bad-json", "recursion", "too-deep", "list", "string", "null"])
+def test_an_invalid_config_in_the_header_is_a_one_line_checkpoint_error(tmp_path, text, reason):
+    path = _with_config_text(tmp_path, text)
+    with pytest.raises(CheckpointError, match="has an invalid config in its header") as exc:
+        ck.load_checkpoint(path, {"name": "toy"})
+    assert reason in str(exc.value) and "\n" not in str(exc.value) and len(str(exc.value)) < 400
+
+
+def test_a_header_that_is_not_an_object_is_reported(tmp_path):
+    body = b"[1, 2]"
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(len(body).to_bytes(8, "little") + body)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
         ck.load_checkpoint(path)
-    (tmp_path / "m.json").unlink()
-    with pytest.raises(CheckpointError, match="no config file"):
-        ck.load_checkpoint(path)
+
+
+def test_a_full_disk_is_a_checkpoint_error_naming_the_path_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+    import pathlib
+
+    path = ck.save_checkpoint(tmp_path / "m.safetensors", STATE, CONFIG)
+    old = path.read_bytes()
+    real_write = pathlib.Path.write_bytes
+
+    def full(self, data):
+        real_write(self, data[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    with pytest.raises(CheckpointError, match=rf"^cannot write checkpoint {path}: the disk is full; the previous"):
+        ck.save_checkpoint(path, {"w": torch.zeros(2, 3), "b": torch.zeros(3)}, {**CONFIG, "steps": 9})
+    monkeypatch.undo()
+    assert path.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 
 
 def test_weights_that_do_not_fit_the_network_are_not_loaded(tmp_path):
@@ -85,7 +133,6 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "m.safetensors"
     path.write_bytes(pickle.dumps(_Payload(marker)))
-    (tmp_path / "m.json").write_text(json.dumps(CONFIG))
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         ck.load_checkpoint(path)
     assert not marker.exists()
@@ -111,9 +158,8 @@ def test_interrupted_write_leaves_the_old_checkpoint(tmp_path, monkeypatch):
         ck.save_checkpoint(path, {"w": torch.zeros(2, 3), "b": torch.zeros(3)}, {**CONFIG, "steps": 9})
     monkeypatch.setattr(ck.os, "replace", real_replace)
     assert path.read_bytes() == old  # weights untouched, no temporary file left behind
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    with pytest.raises(CheckpointError, match="interrupted write"):  # new JSON, old weights: reported
-        ck.load_checkpoint(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    assert ck.load_checkpoint(path)[1] == CONFIG  # the old checkpoint, whole: weights and config agree
 
 
 def test_load_reports_a_corrupt_cached_model_and_a_mismatched_one(tmp_path):
@@ -127,7 +173,6 @@ def test_load_reports_a_corrupt_cached_model_and_a_mismatched_one(tmp_path):
     path.write_bytes(good)
     vpath = checkpoint_path("toy2d-moons", "vp", "v", tmp_path)
     vpath.write_bytes(good)
-    vpath.with_suffix(".json").write_bytes(path.with_suffix(".json").read_bytes())
     with pytest.raises(CheckpointError, match="prediction='eps'.*'v' was requested"):
         load("toy2d-moons", prediction="v", cache_dir=tmp_path, train=False)
 
