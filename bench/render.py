@@ -8,7 +8,8 @@ import base64
 import html
 from dataclasses import dataclass, field
 
-from .plots import Figure, solver_colour
+from .colours import solver_style
+from .plots import Figure
 
 
 @dataclass
@@ -40,6 +41,19 @@ def _cell(c) -> tuple[str, str | None]:
     return (str(c[0]), c[1]) if isinstance(c, tuple) else (str(c), None)
 
 
+def md_escape(text) -> str:
+    """Text from the data made inert in Markdown: HTML's < > & as entities, table pipes escaped, one line."""
+    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return s.replace("\r", " ").replace("\n", " ")
+
+
+def _swatch(solver: str) -> str:
+    """The solver's colour as a small square: filled, or outlined for a hollow style (other libraries' solvers)."""
+    st = solver_style(solver)
+    fill = f"border:2px solid {st.colour};box-sizing:border-box" if st.hollow else f"background:{st.colour}"
+    return f"<span class='sw' style='{fill}'></span>"
+
+
 def _html_block(b) -> str:
     e = html.escape
     if isinstance(b, str):
@@ -57,7 +71,7 @@ def _html_block(b) -> str:
         tds = []
         for name, c in zip(b.columns, row):
             text, cls = _cell(c)
-            sw = f"<span class='sw' style='background:{solver_colour(text)}'></span>" if name == b.swatch else ""
+            sw = _swatch(text) if name == b.swatch else ""
             tds.append(f"<td{f' class={cls}' if cls else ''}>{sw}{e(text)}</td>")
         out.append("<tr>" + "".join(tds) + "</tr>")
     return "\n".join(out) + "</table>"
@@ -76,15 +90,15 @@ def render_html(title: str, meta: str, sections: list[Section]) -> str:
 
 
 def _md_block(b) -> list[str]:
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    esc = md_escape
     if isinstance(b, str):
-        return [b, ""]
+        return [esc(b), ""]
     if isinstance(b, tuple) and b[0] == "h3":
-        return [f"### {b[1]}", ""]
+        return [f"### {esc(b[1])}", ""]
     if isinstance(b, tuple):
-        return [f"**{b[1]}**" if b[2] == "bad" else b[1], ""]
+        return [f"**{esc(b[1])}**" if b[2] == "bad" else esc(b[1]), ""]
     if isinstance(b, Figure):
-        return [f"![{b.title}]({b.path.name})", "", f"*{b.caption}*", ""]
+        return [f"![{esc(b.title)}]({b.path.name})", "", f"*{esc(b.caption)}*", ""]
     out = ["| " + " | ".join(map(esc, b.columns)) + " |", "|" + "---|" * len(b.columns)]
     for row in b.rows:
         out.append("| " + " | ".join(f"**{esc(t)}**" if cls == "bad" else esc(t) for t, cls in map(_cell, row)) + " |")
@@ -92,10 +106,11 @@ def _md_block(b) -> list[str]:
 
 
 def render_md(title: str, meta: str, sections: list[Section]) -> str:
-    """Markdown with pipe tables; figures link the PNG files written beside it; regressions in bold."""
-    out = [f"# {title}", "", meta, ""]
+    """Markdown with pipe tables; figures link the PNG files written beside it; regressions in bold; every text
+    escaped (md_escape), so that data cannot inject HTML or break a table."""
+    out = [f"# {md_escape(title)}", "", md_escape(meta), ""]
     for sec in sections:
-        out += [f"## {sec.title}", ""]
+        out += [f"## {md_escape(sec.title)}", ""]
         for b in sec.blocks:
             out += _md_block(b)
     return "\n".join(out)
