@@ -220,8 +220,7 @@ def timing_section(rows: pd.DataFrame, runs: list[Run]) -> Section:
         "(max − min) / median. A loaded machine widens it; compare timings only within one run."])
     for run in runs:
         m = run.manifest or {}
-        dev, cfg = m.get("device") or {}, m.get("config") or {}
-        load = m.get("load_average") or {}
+        dev, cfg, load = (m.get(k) if isinstance(m.get(k), dict) else {} for k in ("device", "config", "load_average"))
         sec.blocks.append(f"{run.label}: repeats {cfg.get('repeats', '—')}; CPU {dev.get('cpu_model', dev.get('cpu', '—'))}, "
                           f"{dev.get('torch_threads', '—')} torch thread(s); load average at start {load.get('start', '—')}, "
                           f"at end {load.get('end', '—')}.")

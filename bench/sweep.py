@@ -207,7 +207,11 @@ class Group:
             name = f"{self.ref.name}-real-n{self.n}-seed{self.seed}"
             self.features = lambda x: quality.image_features(
                 x, real, cache_dir=sweep.cache_dir, device=str(self.world.device), real_cache_name=name)[0].numpy()
-        real_points = metrics.observe(self.ref, real, features=self.features).points
+        self.quality_note = ""
+        try:
+            real_points = metrics.observe(self.ref, real, features=self.features).points
+        except ValueError as e:  # no feature extractor for this shape: the error metrics are still measured
+            self.features, real_points, self.quality_note = None, None, f"no FID/KID: {e}"
         exact = metrics.exact_log_likelihood(self.ref, self.seed) if self.ref.mixture is not None else None
         self.evaluator = metrics.Evaluator(real_points, exact, self.seed, self.ref.metric)
         floor_gen = torch.Generator().manual_seed(sample_seeds(self.seed, FLOOR, [0])[0])
@@ -371,8 +375,8 @@ def score(row: dict, x: torch.Tensor, group: Group, stochastic: bool) -> dict:
     if not metrics.all_finite(values):
         bad = ", ".join(k for k, v in values.items() if v is not None and not math.isfinite(v))
         return {**row, "status": "failed", "message": f"non-finite metric(s): {bad}"}
-    note = group.reference_note if group.reference is None and not stochastic else ""
-    return {**row, "status": "ok", "message": note}
+    notes = [group.reference_note if group.reference is None and not stochastic else "", group.quality_note]
+    return {**row, "status": "ok", "message": "; ".join(n for n in notes if n)}
 
 
 def run_sweep(sweep: Sweep, run_dir: Path, world: World, loader: Callable = load_model, progress: bool = True,
