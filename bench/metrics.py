@@ -4,9 +4,9 @@ and sample quality against real data.
 A cell's samples become an `Observation`: per-sample arrays (the points the distribution metrics use —
 2-D samples, or image features —, exact log-densities, squared and largest path errors). An `Evaluator`
 holds what a group's cells are measured against (real data, exact statistics) and turns an observation
-into each metric as a function of sample indices, so one bootstrap (bench.intervals) gives every
-interval and a paired bootstrap every comparison between solvers. KID and the NLL gap use their
-standard errors. The evaluator is built from arrays only, so the report rebuilds it from a run's files.
+into each metric as a function of sample indices, so one bootstrap (bench.intervals) gives the intervals
+and a paired bootstrap every comparison between solvers. KID, MMD and the NLL gap use their
+standard errors, as does the MMD (the same U-statistic). The evaluator is built from arrays only, so the report rebuilds it from a run's files.
 """
 from __future__ import annotations
 
@@ -181,6 +181,10 @@ class Evaluator:
         if metric == "kid":
             from .quality import kid_with_stderr
             return kid_with_stderr(obs.points, self.real)
+        if metric == "mmd":
+            from .quality import u_statistic
+            x, y = torch.from_numpy(obs.points), torch.from_numpy(self.real)
+            return u_statistic(*(self._kernel(a, b).numpy() for a, b in ((x, x), (y, y), (x, y))))
         raise ValueError(f"{metric!r} has no standard-error interval")
 
     def paired(self, a: Observation, b: Observation, metric: str, seed: int) -> tuple[float, float, float]:

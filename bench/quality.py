@@ -228,18 +228,24 @@ class Frechet:
                      - 2.0 * np.sqrt(np.clip(inner, 0, None)).sum())
 
 
-def kid_with_stderr(f: np.ndarray, real: np.ndarray) -> tuple[float, float]:
-    """KID (Binkowski et al. 2018): unbiased MMD^2 with the kernel (a.b / d + 1)^3 over all samples, and its
-    standard error from the U-statistic's first-order (Hoeffding) variance, 4 Var(h1(x))/n + 4 Var(h1(y))/m."""
-    n, m, d = len(f), len(real), f.shape[1]
-    kxx, kyy, kxy = ((a @ b.T / d + 1.0) ** 3 for a, b in ((f, f), (real, real), (f, real)))
+def u_statistic(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> tuple[float, float]:
+    """Unbiased MMD^2 from Gram matrices (diagonals of kxx and kyy ignored) and its standard error from the
+    U-statistic's first-order (Hoeffding) variance, 4 Var(h1(x))/n + 4 Var(h1(y))/m."""
+    n, m = len(kxx), len(kyy)
+    kxx, kyy = kxx.copy(), kyy.copy()
     np.fill_diagonal(kxx, 0.0)
     np.fill_diagonal(kyy, 0.0)
     value = kxx.sum() / (n * (n - 1)) + kyy.sum() / (m * (m - 1)) - 2.0 * kxy.mean()
     hx = kxx.sum(1) / (n - 1) - kxy.mean(1)
     hy = kyy.sum(1) / (m - 1) - kxy.mean(0)
-    se = math.sqrt(4.0 * hx.var(ddof=1) / n + 4.0 * hy.var(ddof=1) / m)
-    return float(value), se
+    return float(value), math.sqrt(4.0 * hx.var(ddof=1) / n + 4.0 * hy.var(ddof=1) / m)
+
+
+def kid_with_stderr(f: np.ndarray, real: np.ndarray) -> tuple[float, float]:
+    """KID (Binkowski et al. 2018): unbiased MMD^2 with the kernel (a.b / d + 1)^3 over all samples, with its
+    standard error (`u_statistic`)."""
+    d = f.shape[1]
+    return u_statistic(*((a @ b.T / d + 1.0) ** 3 for a, b in ((f, f), (real, real), (f, real))))
 
 
 def fid_kid(samples: torch.Tensor, real: torch.Tensor, cache_dir=None, device: str = "cpu",

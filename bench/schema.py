@@ -29,7 +29,7 @@ METRICS = {
     "fid": Metric("FID", "quality", "bootstrap"),
     "kid": Metric("KID", "quality", "stderr"),
     "swd": Metric("sliced Wasserstein", "quality", "bootstrap", unit="data units"),
-    "mmd": Metric("MMD", "quality", "bootstrap"),
+    "mmd": Metric("MMD", "quality", "stderr"),
 }
 # Headline quality per model, in order of preference.
 HEADLINE = ("fid", "nll_gap", "swd", "mmd")
