@@ -27,19 +27,42 @@ def main_list(args) -> int:
     return 0
 
 
+def device(text: str) -> str:
+    """A torch device that exists here: cpu, or cuda[:N] / mps when available (an argparse type)."""
+    import torch
+
+    n_cuda = torch.cuda.device_count()
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is not None and ((dev.type == "cpu" and dev.index in (None, 0)) or (dev.type == "mps" and has_mps)
+                            or (dev.type == "cuda" and (dev.index or 0) < n_cuda)):
+        return text
+    valid = ["cpu", *(["cuda", *(f"cuda:{i}" for i in range(n_cuda))] if n_cuda else []), *(["mps"] if has_mps else [])]
+    raise argparse.ArgumentTypeError(f"unknown or unavailable device {text!r}; valid here: {', '.join(valid)}")
+
+
+device.__name__ = "device"
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from bench.cli import MAX_SEED, integer, writable_dir
     from reference_models.train import SPECS
 
     parser.add_argument("name", choices=list(SPECS), help="the trained model to train")
-    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the model's own)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and noise")
+    parser.add_argument("--steps", type=integer(1), default=None, help="optimiser steps (default: the model's own)")
+    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                        help="seed of initialisation, data order and noise")
     parser.add_argument("--prediction", choices=["eps", "x0", "v"], default="eps", help="what the network predicts")
     parser.add_argument("--schedule", choices=["vp", "ve"], default="vp", help="noise schedule")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the model's own)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--batch-size", type=integer(1), default=None, help="batch size (default: the model's own)")
+    parser.add_argument("--device", type=device, default="cpu", help="torch device: cpu, cuda, cuda:N, mps")
     parser.add_argument("--data-root", default=None, help="cifar10/mnist: torchvision data root "
                         "(default: <cache dir>/datasets)")
-    parser.add_argument("--cache-dir", default=None,
+    parser.add_argument("--cache-dir", type=writable_dir, default=None,
                         help="model cache (default: $SAMPLERBENCH_CACHE, else ~/.cache/samplerbench)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -47,16 +70,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def main_train(args) -> int:
     import json
 
-    from reference_models.checkpoints import load_checkpoint
+    from reference_models.checkpoints import CheckpointError, load_checkpoint
     from reference_models.train import train
 
-    if args.steps is not None and args.steps < 1:
-        print(f"error: --steps must be positive, got {args.steps}", file=sys.stderr)
-        return 2
-    path = train(args.name, args.schedule, args.prediction, steps=args.steps, seed=args.seed, cache_dir=args.cache_dir,
-                 device=args.device, progress=not args.no_progress, batch_size=args.batch_size,
-                 data_root=args.data_root)
-    _, config = load_checkpoint(path)
+    try:
+        path = train(args.name, args.schedule, args.prediction, steps=args.steps, seed=args.seed,
+                     cache_dir=args.cache_dir, device=args.device, progress=not args.no_progress,
+                     batch_size=args.batch_size, data_root=args.data_root)
+        _, config = load_checkpoint(path)
+    except (CheckpointError, OSError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     keep = ("name", "schedule", "prediction", "steps", "seed", "batch_size", "final_loss", "train_time_s")
     print(json.dumps({k: config[k] for k in keep}))
     print(f"wrote {path}")

@@ -12,7 +12,18 @@ import torch
 
 from .model import Model
 from .noise import randn_like
+from .options import (
+    DEFAULT_MAX_NFE,
+    check_cap,
+    check_positive,
+    non_negative,
+    positive,
+    positive_int,
+)
 from .registry import SolverSpec, register, steps_every
+
+ADAPTIVE_DTYPES = (torch.float32, torch.float64)
+H_INIT_MIN = 1e-6  # smallest first step in lambda; smaller ones cannot move t in float64 near t_end
 
 
 class _Times:
@@ -109,9 +120,7 @@ def ddim(model: Model, x, grid, nfe=None, generator=None, eta: float = 0.0):
 
 
 def _check_eta(opts):
-    eta = opts["eta"]
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    non_negative("eta", opts["eta"])
 
 
 # --- singlestep DPM-Solver ----------------------------------------------------------------
@@ -187,21 +196,31 @@ def _multistep_update(tt: _Times, i: int, x, eps):
 
 
 def dpm_solver_adaptive(model: Model, x, grid, nfe=None, generator=None, order: int = 3, rtol: float = 0.05,
-                        atol: float = 0.0078, h_init: float = 0.05, theta: float = 0.9):
+                        atol: float = 0.0078, h_init: float = 0.05, theta: float = 0.9,
+                        max_nfe: int = DEFAULT_MAX_NFE):
     """Adaptive DPM-Solver-12 / -23 (Lu et al. 2022, Algorithm 4): embedded pair with step control in lambda.
 
     A step of size h is accepted when E = max over samples of RMS((x_high - x_low) / delta) <= 1 with
     delta = max(atol, rtol * max(|x_low|, |x|)); the next h = theta h E^(-1/order). The evaluation at
     the step start is reused across rejections. Returns the samples and the accepted times.
+    x must be float32 or float64. A step that would use more than `max_nfe` evaluations in all
+    raises EvaluationCapError; a step too small to move t raises RuntimeError.
     """
+    if x.dtype not in ADAPTIVE_DTYPES:
+        raise ValueError(f"dpm_solver_adaptive needs x_T in float32 or float64 (its error control underflows in "
+                         f"lower precision), got {x.dtype}")
     sched = model.schedule
     t_s, t_end = float(grid[0]), float(grid[-1])
     lam_s, lam_end = sched.at(t_s).lam, sched.at(t_end).lam
-    accepted, h, eps_s = [t_s], h_init, None
+    accepted, h, eps_s, start = [t_s], h_init, None, model.nfe
     while lam_s < lam_end:
         last = h >= lam_end - lam_s
         h = min(h, lam_end - lam_s)
         t = t_end if last else float(sched.t_of_lambda(torch.tensor(lam_s + h, dtype=torch.float64)))
+        if not t < t_s:
+            raise RuntimeError(f"dpm_solver_adaptive: the step size underflowed (h={h:.3g} in lambda does not move "
+                               f"t={t_s:.6g}); loosen rtol/atol")
+        check_cap("dpm_solver_adaptive", model.nfe - start + order - (eps_s is not None), max_nfe, t_s)
         if eps_s is None:
             eps_s = model.eps(x, t_s)
         if order == 2:
@@ -217,17 +236,20 @@ def dpm_solver_adaptive(model: Model, x, grid, nfe=None, generator=None, order: 
             accepted.append(t)
             if last:
                 break
-        h = theta * h * max(err, 1e-10) ** (-1.0 / order)
+        # a non-finite error (overflow) is a rejection that shrinks the step tenfold
+        h = theta * h * max(err, 1e-10) ** (-1.0 / order) if math.isfinite(err) else 0.1 * h
     return x, torch.tensor(accepted, dtype=torch.float64)
 
 
 def _check_adaptive(opts):
     if opts["order"] not in (2, 3):
         raise ValueError(f"order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {opts['order']!r}")
-    for k in ("rtol", "atol", "h_init", "theta"):
-        v = opts[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-            raise ValueError(f"{k} must be a positive number, got {v!r}")
+    check_positive(opts, ("rtol", "atol"))
+    if not H_INIT_MIN <= positive("h_init", opts["h_init"]):
+        raise ValueError(f"h_init must be a number >= {H_INIT_MIN:g} (a step in lambda), got {opts['h_init']!r}")
+    if not positive("theta", opts["theta"]) <= 1:
+        raise ValueError(f"theta must be a number in (0, 1] (a safety factor), got {opts['theta']!r}")
+    positive_int("max_nfe", opts["max_nfe"])
 
 
 # --- registry entries ---------------------------------------------------------------------
@@ -248,5 +270,6 @@ for _o in (2, 3):
                         options={"lower_order_final": True}, description=f"multistep DPM-Solver-{_o}"))
 register(SolverSpec("dpm_solver_adaptive", dpm_solver_adaptive, "ode", 3, "logsnr", None, None,
                     valid_nfe="adaptive: set rtol/atol", options={"order": 3, "rtol": 0.05, "atol": 0.0078,
-                                                                  "h_init": 0.05, "theta": 0.9},
+                                                                  "h_init": 0.05, "theta": 0.9,
+                                                                  "max_nfe": DEFAULT_MAX_NFE},
                     check_options=_check_adaptive, description="adaptive DPM-Solver-12/23 with error control"))

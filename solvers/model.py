@@ -19,17 +19,19 @@ PREDICTIONS = ("eps", "score", "x0", "v")
 
 
 class ModelOutputError(RuntimeError):
-    """The network returned a wrong shape or non-finite values at time `t`."""
+    """The network returned a wrong shape or non-finite values at time `t`, in evaluation `nfe` of its Model."""
 
-    def __init__(self, message: str, t: float):
+    def __init__(self, message: str, t: float, nfe: int | None = None):
         super().__init__(message)
         self.t = t
+        self.nfe = nfe
 
 
 class Model:
     """A network plus its schedule and prediction kind; counts evaluations in `nfe`.
 
-    `fn(x, t)` takes x of shape (B, ...) and t of shape (B,) in the schedule's continuous time.
+    `fn(x, t)` takes x of shape (B, ...) and t of shape (B,) in the schedule's continuous time; t comes
+    in at least float32 (float64 when x is float64), never rounded to a half-precision x.
     """
 
     def __init__(self, fn, schedule: Schedule, prediction: str = "eps", check_outputs: bool = True):
@@ -58,7 +60,7 @@ class Model:
 
     # --- the one place that calls the network ------------------------------------------
     def raw(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        tb = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        tb = torch.full((x.shape[0],), float(t), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
         if self.timing:
             _sync(x)
             start = time.perf_counter()
@@ -70,8 +72,8 @@ class Model:
         if self.check_outputs:
             if not isinstance(out, torch.Tensor) or out.shape != x.shape:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ModelOutputError(
-                    f"model output has shape {got}, expected {tuple(x.shape)} (evaluation {self.nfe} at t={float(t):.6g})", float(t))
+                raise ModelOutputError(f"model output has shape {got}, expected {tuple(x.shape)} "
+                                       f"(evaluation {self.nfe} at t={float(t):.6g})", float(t), self.nfe)
             finite = torch.isfinite(out).all()
             if out.is_cuda:  # checked in check_pending(), so that no evaluation waits for the GPU
                 self._pending.append((self.nfe, float(t), finite))
@@ -79,7 +81,7 @@ class Model:
                     self.check_pending()
             elif not finite:
                 raise ModelOutputError(
-                    f"model returned NaN/Inf (evaluation {self.nfe} at t={float(t):.6g})", float(t))
+                    f"model returned NaN/Inf (evaluation {self.nfe} at t={float(t):.6g})", float(t), self.nfe)
         return out.to(x.dtype)
 
     def check_pending(self) -> None:
@@ -89,7 +91,7 @@ class Model:
             ok = torch.stack([f for _, _, f in pending]).cpu()
             if not bool(ok.all()):
                 nfe, t, _ = pending[int((~ok).nonzero()[0])]
-                raise ModelOutputError(f"model returned NaN/Inf (evaluation {nfe} at t={t:.6g})", t)
+                raise ModelOutputError(f"model returned NaN/Inf (evaluation {nfe} at t={t:.6g})", t, nfe)
 
     # --- forms --------------------------------------------------------------------------
     def eps(self, x: torch.Tensor, t: float) -> torch.Tensor:

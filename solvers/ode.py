@@ -2,13 +2,12 @@
 high-accuracy DOP853 reference solution that errors are measured against."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
 from .model import Model
+from .options import DEFAULT_MAX_NFE, check_cap, check_positive, positive_int
 from .registry import SolverSpec, register, steps_every
 
 
@@ -40,11 +39,18 @@ def heun(model: Model, x, grid, nfe=None, generator=None):
     return alpha[-1] * y
 
 
-def solve_pf_ode(model: Model, x, t_start: float, t_end: float, method: str, rtol: float, atol: float):
-    """Integrate the PF-ODE with scipy.integrate.solve_ivp in float64 on the flattened batch."""
+def solve_pf_ode(model: Model, x, t_start: float, t_end: float, method: str, rtol: float, atol: float,
+                 max_nfe: int | None = None):
+    """Integrate the PF-ODE with scipy.integrate.solve_ivp in float64 on the flattened batch.
+
+    With `max_nfe`, an evaluation past that many raises EvaluationCapError instead of being made.
+    """
     shape, dtype, device = x.shape, x.dtype, x.device
+    start = model.nfe
 
     def fun(t, y):
+        if max_nfe is not None:
+            check_cap(method.lower(), model.nfe - start + 1, max_nfe, float(t))
         xt = torch.from_numpy(y).reshape(shape).to(device=device, dtype=dtype)
         return model.ode_drift(xt, float(t)).double().cpu().numpy().reshape(-1)
 
@@ -55,9 +61,13 @@ def solve_pf_ode(model: Model, x, t_start: float, t_end: float, method: str, rto
     return torch.from_numpy(sol.y[:, -1]).reshape(shape).to(device=device, dtype=dtype), sol.t
 
 
-def rk45(model: Model, x, grid, nfe=None, generator=None, rtol: float = 1e-5, atol: float = 1e-5):
-    """Dormand-Prince RK45 through scipy.integrate.solve_ivp, as score_sde's ODE sampler. Order 5, adaptive."""
-    x, times = solve_pf_ode(model, x, float(grid[0]), float(grid[-1]), "RK45", rtol, atol)
+def rk45(model: Model, x, grid, nfe=None, generator=None, rtol: float = 1e-5, atol: float = 1e-5,
+         max_nfe: int = DEFAULT_MAX_NFE):
+    """Dormand-Prince RK45 through scipy.integrate.solve_ivp, as score_sde's ODE sampler. Order 5, adaptive.
+
+    More than `max_nfe` evaluations raise EvaluationCapError.
+    """
+    x, times = solve_pf_ode(model, x, float(grid[0]), float(grid[-1]), "RK45", rtol, atol, max_nfe)
     return x, torch.from_numpy(np.asarray(times, dtype=np.float64))
 
 
@@ -72,16 +82,14 @@ def reference_solution(model: Model, x_T: torch.Tensor, t_start: float | None = 
     return x
 
 
-def _check_tolerances(opts):
-    for k in ("rtol", "atol"):
-        v = opts[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-            raise ValueError(f"{k} must be a positive number, got {v!r}")
+def _check_rk45(opts):
+    check_positive(opts, ("rtol", "atol"))
+    positive_int("max_nfe", opts["max_nfe"])
 
 
 register(SolverSpec("euler", euler, "ode", 1, "logsnr", 1, steps_every(1), description="Euler on the PF-ODE in t"))
 register(SolverSpec("heun", heun, "ode", 2, "karras", 2, steps_every(2), valid_nfe="even positive integers",
                     description="EDM Heun (Algorithm 1)"))
 register(SolverSpec("rk45", rk45, "ode", 5, "uniform", None, None, valid_nfe="adaptive: set rtol/atol",
-                    options={"rtol": 1e-5, "atol": 1e-5}, check_options=_check_tolerances,
+                    options={"rtol": 1e-5, "atol": 1e-5, "max_nfe": DEFAULT_MAX_NFE}, check_options=_check_rk45,
                     description="scipy RK45 on the PF-ODE (score_sde)"))

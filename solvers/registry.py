@@ -132,7 +132,10 @@ def sample(model: Model, x_T: torch.Tensor, solver: str, nfe: int | None = None,
     """Turn prior noise `x_T` at `t_start` into samples at `t_end` with a registered solver.
 
     Fixed-step solvers spend exactly `nfe` model evaluations; adaptive solvers take tolerances
-    (`rtol`, `atol`) instead and report what they used in `model.nfe` and in the info.
+    (`rtol`, `atol`) and an evaluation cap (`max_nfe`) instead and report what they used in
+    `model.nfe` and in the info. `timesteps` is a grid name or an explicit decreasing tensor of
+    times; with a tensor, `t_start`/`t_end` may be left out, and if given must equal its first/last
+    time exactly (else ValueError). x_T needs at least one sample (B >= 1).
     With `denoise_final`, the last evaluation returns the Tweedie estimate x0(x, t_end).
     Returns the samples, or (samples, SampleInfo) with `return_info=True`.
     """
@@ -141,8 +144,15 @@ def sample(model: Model, x_T: torch.Tensor, solver: str, nfe: int | None = None,
         raise TypeError(f"model must be a solvers.Model, got {type(model).__name__}")
     if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point():
         raise TypeError("x_T must be a floating-point tensor")
+    if x_T.ndim == 0 or x_T.shape[0] == 0:
+        raise ValueError(f"x_T must be shaped (B, ...) with at least one sample, got shape {tuple(x_T.shape)}")
     opts = spec.resolve_options(options)
     sched = model.schedule
+    if timesteps is not None and not isinstance(timesteps, str):
+        ends = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
+        if len(ends) and any(v is not None and v != float(e) for v, e in ((t_start, ends[0]), (t_end, ends[-1]))):
+            raise ValueError(f"t_start={t_start!r}, t_end={t_end!r} conflict with the explicit timesteps, which run "
+                             f"from {float(ends[0])!r} to {float(ends[-1])!r}; give the times alone or matching ends")
     t_start = sched.T if t_start is None else t_start
     t_end = sched.default_t_end if t_end is None else t_end
     timesteps = spec.default_grid if timesteps is None else timesteps
@@ -173,8 +183,17 @@ def sample(model: Model, x_T: torch.Tensor, solver: str, nfe: int | None = None,
                 out = model.x0(out, float(grid[-1]))
             model.check_pending()
     except ModelOutputError as e:
-        step = int(torch.searchsorted(-grid, torch.tensor(-e.t, dtype=torch.float64), right=True))
-        raise ModelOutputError(f"{spec.name}, step {max(step, 1)} of {len(grid) - 1}: {e}", e.t) from None
+        k, steps = (model.nfe if e.nfe is None else e.nfe) - start, len(grid) - 1  # k: failing evaluation, 1-based
+        if spec.adaptive:
+            where = "adaptive step"
+        elif denoise_final and k > budget:
+            where = "final denoising evaluation"
+        elif spec.nfe_per_step is not None and budget % steps == 0:  # same evaluations every step, correctors too
+            where = f"step {-(-k // (budget // steps))} of {steps}"
+        else:  # mixed orders (singlestep DPM-Solver): evaluations lie in [t_i, t_{i+1}), never at a step's end
+            step = int(torch.searchsorted(-grid, torch.tensor(-e.t, dtype=torch.float64), right=True))
+            where = f"step {min(max(step, 1), steps)} of {steps}"
+        raise ModelOutputError(f"{spec.name}, {where}: {e}", e.t, e.nfe) from None
     used = model.nfe - start
     if not spec.adaptive and used != nfe:
         raise RuntimeError(f"internal error: {spec.name} used {used} evaluations for a budget of {nfe}")

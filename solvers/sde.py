@@ -14,6 +14,7 @@ import torch
 
 from .model import Model
 from .noise import randn_like
+from .options import positive
 from .registry import SolverSpec, register, steps_every
 
 PREDICTORS = ("reverse_diffusion", "euler_maruyama")
@@ -119,9 +120,7 @@ def _check_pc(opts):
         raise ValueError(f"corrector_steps must be an integer >= 0, got {n!r}")
     if opts["step_size"] not in STEP_SIZES:
         raise ValueError(f"unknown step_size {opts['step_size']!r}; valid: {', '.join(STEP_SIZES)}")
-    snr = opts["snr"]
-    if isinstance(snr, bool) or not isinstance(snr, (int, float)) or not (snr > 0 and math.isfinite(snr)):
-        raise ValueError(f"snr must be a finite number > 0, got {snr!r}")
+    positive("snr", opts["snr"])
 
 
 def _pc_steps(nfe: int, options: dict) -> int:

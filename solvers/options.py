@@ -1,0 +1,44 @@
+"""One check per kind of solver option, shared by every solver's `check_options`."""
+from __future__ import annotations
+
+import math
+
+DEFAULT_MAX_NFE = 10_000  # evaluation cap of the adaptive solvers (float64 at rtol=atol=1e-8 needs ~3k on a 2-D mixture)
+
+
+def positive(name: str, value) -> float:
+    """`value` if it is a finite real number > 0 (not a bool), else a ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def non_negative(name: str, value) -> float:
+    """`value` if it is a finite real number >= 0 (not a bool), else a ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def check_positive(options: dict, names) -> None:
+    """`positive` on each of `names` in `options`."""
+    for name in names:
+        positive(name, options[name])
+
+
+def positive_int(name: str, value) -> int:
+    """`value` if it is an integer >= 1 (not a bool), else a ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+class EvaluationCapError(RuntimeError):
+    """An adaptive solver reached its evaluation cap `max_nfe` before the end of the interval."""
+
+
+def check_cap(solver: str, needed: int, max_nfe: int, t: float) -> None:
+    """Raise EvaluationCapError if going on would take the evaluations made to `needed` > `max_nfe`."""
+    if needed > max_nfe:
+        raise EvaluationCapError(f"{solver} reached its evaluation cap max_nfe={max_nfe} at t={t:.6g} before the end "
+                                 "of the interval; loosen rtol/atol or raise max_nfe")
