@@ -224,8 +224,8 @@ class Frechet:
     def __call__(self, f: np.ndarray) -> float:
         mu, cov = f.mean(0), np.cov(f, rowvar=False)
         inner = np.linalg.eigvalsh(self.root @ cov @ self.root)
-        return float(((mu - self.mu) ** 2).sum() + np.trace(cov) + np.trace(self.cov)
-                     - 2.0 * np.sqrt(np.clip(inner, 0, None)).sum())
+        value = ((mu - self.mu) ** 2).sum() + np.trace(cov) + np.trace(self.cov) - 2.0 * np.sqrt(np.clip(inner, 0, None)).sum()
+        return float(max(value, 0.0))  # identical sets: 0 up to rounding, which must not make it negative
 
 
 def u_statistic(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> tuple[float, float]:

@@ -38,15 +38,16 @@ def recommendation_section(rows: pd.DataFrame, metrics: dict, pairing, classes: 
         if not recs:
             continue
         multi = len({r["run"] for r in recs}) > 1
+        untested = any(r["untested"] for r in recs)  # runs without per-sample arrays cannot be paired
         body = [([r["run"]] if multi else []) + [
             str(r["nfe"]), (r["best"], None), pm(r["q"], r["lo"], r["hi"]),
             ", ".join(f"{s} (Δ {pm(*d)})" for s, d in r["tied"]) or ("none" if r["n"] > 1 else "only solver"),
             fmt(r["per_sample"] * 1e3) if math.isfinite(r["per_sample"]) else "—"]
-            + ([", ".join(r["untested"]) or "—"]) for r in recs]
+            + ([", ".join(r["untested"]) or "—"] if untested else []) for r in recs]
         sec.blocks += [("h3", f"{group}: {LABELS.get(metric, metric)}, lower is better"),
                        Table((["run"] if multi else []) + ["NFE", "best solver", "quality ± 95%", "tied with it (Δ ± 95%)",
-                                                          "ms per sample", "overlapping, not paired (no arrays)"],
-                             body, "best solver")]
+                                                          "ms per sample"]
+                             + (["overlapping, not paired (no arrays)"] if untested else []), body, "best solver")]
     if len(sec.blocks) == 1:
         sec.blocks.append("No ok cell with a quality metric at a fixed NFE budget.")
     return sec
