@@ -110,3 +110,21 @@ def test_paired_tie_between_identical_cells(small_run):
     d = pairing.difference(rows, "v", "heun", "ddim", 6, "nll_gap")  # heun at 6 NFE is far off
     assert d is not None and intervals.excludes_zero(d[1], d[2]) and d[0] > 0
     assert isinstance(pd.read_parquet(out / "groups.parquet"), pd.DataFrame)
+
+
+def test_a_cell_out_of_memory_is_a_failed_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    from bench import sweep as sweep_module
+
+    real_sample = sweep_module.sample
+
+    def sample(model, x, solver, **kw):
+        if solver == "dpm_solver_3":
+            raise MemoryError("cannot allocate the grid")
+        return real_sample(model, x, solver, **kw)
+
+    monkeypatch.setattr(sweep_module, "sample", sample)
+    df = run_sweep(Sweep(["gmm2d"], ["dpm_solver_3", "ddim"], [6], [0], samples=50, repeats=1), tmp_path, World(),
+                   progress=False)
+    rows = df.set_index("solver")
+    assert rows.loc["dpm_solver_3", "status"] == "failed" and "MemoryError" in rows.loc["dpm_solver_3", "message"]
+    assert rows.loc["ddim", "status"] == "ok"
