@@ -44,12 +44,6 @@ def normal(value: float, se: float) -> tuple[float, float, float]:
     return float(value), float(value - Z95 * se), float(value + Z95 * se)
 
 
-def mean(values) -> tuple[float, float, float]:
-    """Mean of `values` with its normal 95% interval."""
-    v = np.asarray(values, dtype=float)
-    return normal(v.mean(), v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else math.nan)
-
-
 def paired(stat_a: Callable, stat_b: Callable, n: int, seed: int, reps: int = REPS) -> tuple[float, float, float]:
     """stat_a - stat_b on every sample, with the percentile bootstrap interval over shared resamples."""
     return bootstrap(lambda idx: stat_a(idx) - stat_b(idx), n, seed, reps)

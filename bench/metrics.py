@@ -134,15 +134,15 @@ class Evaluator:
         raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
 
     def _swd_statistic(self, obs: Observation):
-        from .quality import _quantiles
+        from .quality import projected_quantiles
 
         proj = torch.from_numpy(obs.points @ self._dirs)
         k = max(len(proj), len(self.real))
-        real = _quantiles(torch.sort(torch.from_numpy(self.real @ self._dirs), dim=0).values, k)
+        real = projected_quantiles(torch.from_numpy(self.real @ self._dirs), k)
 
         def swd(idx):
             p = proj if idx is None else proj[torch.from_numpy(idx)]
-            return float(torch.sqrt(((_quantiles(torch.sort(p, dim=0).values, k) - real) ** 2).mean()))
+            return float(torch.sqrt(((projected_quantiles(p, k) - real) ** 2).mean()))
         return swd
 
     def _mmd_statistic(self, obs: Observation):

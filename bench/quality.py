@@ -51,9 +51,12 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 25
     dirs = torch.randn(x.shape[1], n_projections, generator=gen, dtype=_F64)
     dirs = dirs / dirs.norm(dim=0, keepdim=True)
     k = max(len(x), len(y))
-    px = _quantiles(torch.sort(x @ dirs, dim=0).values, k)
-    py = _quantiles(torch.sort(y @ dirs, dim=0).values, k)
-    return float(torch.sqrt(((px - py) ** 2).mean()))
+    return float(torch.sqrt(((projected_quantiles(x @ dirs, k) - projected_quantiles(y @ dirs, k)) ** 2).mean()))
+
+
+def projected_quantiles(proj: torch.Tensor, k: int) -> torch.Tensor:
+    """The empirical quantile function of each column of the projections `proj` (N, P) at k levels."""
+    return _quantiles(torch.sort(proj, dim=0).values, k)
 
 
 def mmd_kernel(y: torch.Tensor, scales=(0.1, 0.3, 1.0, 3.0)):
@@ -91,7 +94,7 @@ def mmd(x: torch.Tensor, y: torch.Tensor, scales=(0.1, 0.3, 1.0, 3.0), block: in
     return ksum(x, x, True) / (n * (n - 1)) + ksum(y, y, True) / (m * (m - 1)) - 2.0 * ksum(x, y, False) / (n * m)
 
 
-from bench.inception import WEIGHTS_ENV as INCEPTION_WEIGHTS_ENV  # noqa: E402
+from bench.inception import WEIGHTS_ENV as INCEPTION_WEIGHTS_ENV  # noqa: E402,F401  (re-exported)
 
 
 class _Images(torch.utils.data.Dataset):

@@ -69,7 +69,6 @@ STATUSES = ("ok", "failed", "skipped")
 GROUP_COLUMNS = {"model": "string", "schedule": "string", "prediction": "string", "seed": "Int64",
                  "source": "string", "metric": "string", "value": "float64", "lo": "float64", "hi": "float64",
                  "samples": "Int64", "note": "string"}
-SOURCES = ("reference", "data")
 
 
 def headline_metric(rows: pd.DataFrame) -> str | None:
@@ -80,17 +79,6 @@ def headline_metric(rows: pd.DataFrame) -> str | None:
     return None
 
 
-def oriented(metric: str, value, lo, hi):
-    """(quality, lo, hi) oriented so that lower is better: signed metrics by their size, the interval folded."""
-    v, a, b = (pd.to_numeric(pd.Series(x), errors="coerce").astype(float).to_numpy() if not np.isscalar(x)
-               else np.asarray(float(x) if x is not None and x is not pd.NA else np.nan) for x in (value, lo, hi))
-    if not METRICS[metric].signed:
-        return v, a, b
-    size = np.abs(v)
-    straddles = (a <= 0) & (b >= 0)
-    return size, np.where(straddles, 0.0, np.minimum(np.abs(a), np.abs(b))), np.maximum(np.abs(a), np.abs(b))
-
-
 def quality(rows: pd.DataFrame, metric: str) -> pd.Series:
     """Values of `metric`, oriented so that lower is better (signed metrics by their size)."""
     values = pd.to_numeric(rows[metric], errors="coerce")
@@ -98,13 +86,17 @@ def quality(rows: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def quality_bounds(rows: pd.DataFrame, metric: str) -> tuple[pd.Series, pd.Series]:
-    """The 95% interval of `quality(rows, metric)` (NaN where the table has none)."""
+    """The 95% interval of `quality(rows, metric)` (NaN where the table has none); a signed metric's interval
+    is folded onto sizes (0 where it straddles zero)."""
     lo_c, hi_c = bounds(metric)
     if lo_c not in rows or hi_c not in rows:
         nan = pd.Series(np.nan, index=rows.index)
         return nan, nan
-    _, lo, hi = oriented(metric, rows[metric], rows[lo_c], rows[hi_c])
-    return pd.Series(lo, index=rows.index), pd.Series(hi, index=rows.index)
+    lo, hi = (pd.to_numeric(rows[c], errors="coerce").astype(float) for c in (lo_c, hi_c))
+    if not METRICS[metric].signed:
+        return lo, hi
+    straddles = (lo <= 0) & (hi >= 0)
+    return lo.abs().clip(upper=hi.abs()).where(~straddles, 0.0), pd.concat([lo.abs(), hi.abs()], axis=1).max(axis=1)
 
 
 def empty_table(columns: dict = COLUMNS) -> pd.DataFrame:

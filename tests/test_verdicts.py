@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from bench import intervals, metrics, verdicts
@@ -109,7 +108,6 @@ def test_paired_tie_between_identical_cells(small_run):
     assert d is not None and abs(d[0]) < 1e-5 and not intervals.excludes_zero(d[1], d[2])
     d = pairing.difference(rows, "v", "heun", "ddim", 6, "nll_gap")  # heun at 6 NFE is far off
     assert d is not None and intervals.excludes_zero(d[1], d[2]) and d[0] > 0
-    assert isinstance(pd.read_parquet(out / "groups.parquet"), pd.DataFrame)
 
 
 def test_a_cell_out_of_memory_is_a_failed_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
