@@ -2,7 +2,7 @@
 from .grids import GRIDS, make_grid
 from .model import PREDICTIONS, Model, ModelOutputError
 from .noise import per_sample_generators, randn, randn_like
-from .registry import SampleInfo, SolverSpec, get_solver, list_solvers, sample
+from .registry import SampleInfo, SolverSpec, get_solver, list_solvers, sample, solver
 from .schedules import Schedule, SubVPSchedule, VESchedule, VPSchedule
 
 from . import dpm, ode, sde  # noqa: E402,F401  (register the solvers)
@@ -11,5 +11,5 @@ from .ode import reference_solution  # noqa: E402
 __all__ = [
     "GRIDS", "PREDICTIONS", "Model", "ModelOutputError", "SampleInfo", "Schedule", "SolverSpec", "SubVPSchedule",
     "VESchedule", "VPSchedule", "get_solver", "list_solvers", "make_grid", "per_sample_generators", "randn",
-    "randn_like", "reference_solution", "sample",
+    "randn_like", "reference_solution", "sample", "solver",
 ]

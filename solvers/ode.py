@@ -8,10 +8,11 @@ from scipy.integrate import solve_ivp
 
 from .model import Model
 from .options import DEFAULT_MAX_NFE, check_cap, check_positive, positive_int
-from .registry import SolverSpec, register, steps_every
+from .registry import solver
 
 
-def euler(model: Model, x, grid, nfe=None, generator=None):
+@solver("euler", order=1, nfe_per_step=1, default_grid="logsnr", description="Euler on the PF-ODE in t")
+def euler(model: Model, x, grid):
     """Explicit Euler on the PF-ODE dx/dt = f x - g^2/2 score, in t. Order 1, 1 NFE per step."""
     times = grid.tolist()
     for t_cur, t_next in zip(times[:-1], times[1:]):
@@ -19,7 +20,9 @@ def euler(model: Model, x, grid, nfe=None, generator=None):
     return x
 
 
-def heun(model: Model, x, grid, nfe=None, generator=None):
+@solver("heun", order=2, nfe_per_step=2, default_grid="karras", valid_nfe="even positive integers",
+        description="EDM Heun (Algorithm 1)")
+def heun(model: Model, x, grid):
     """EDM's Algorithm 1 (Karras et al. 2022) on the ODE in x/alpha and sigma/alpha. Order 2, 2 NFE per step.
 
     With y = x/alpha and s = sigma/alpha = e^{-lambda}, the PF-ODE is dy/ds = eps(alpha y, t).
@@ -61,8 +64,14 @@ def solve_pf_ode(model: Model, x, t_start: float, t_end: float, method: str, rto
     return torch.from_numpy(sol.y[:, -1]).reshape(shape).to(device=device, dtype=dtype), sol.t
 
 
-def rk45(model: Model, x, grid, nfe=None, generator=None, rtol: float = 1e-5, atol: float = 1e-5,
-         max_nfe: int = DEFAULT_MAX_NFE):
+def _check_rk45(opts):
+    check_positive(opts, ("rtol", "atol"))
+    positive_int("max_nfe", opts["max_nfe"])
+
+
+@solver("rk45", order=5, adaptive=True, default_grid="uniform", valid_nfe="adaptive: set rtol/atol",
+        check=_check_rk45, description="scipy RK45 on the PF-ODE (score_sde)")
+def rk45(model: Model, x, grid, *, rtol: float = 1e-5, atol: float = 1e-5, max_nfe: int = DEFAULT_MAX_NFE):
     """Dormand-Prince RK45 through scipy.integrate.solve_ivp, as score_sde's ODE sampler. Order 5, adaptive.
 
     More than `max_nfe` evaluations raise EvaluationCapError.
@@ -81,15 +90,3 @@ def reference_solution(model: Model, x_T: torch.Tensor, t_start: float | None = 
         x, _ = solve_pf_ode(model, x_T.double(), t_start, t_end, "DOP853", rtol, atol)
     return x
 
-
-def _check_rk45(opts):
-    check_positive(opts, ("rtol", "atol"))
-    positive_int("max_nfe", opts["max_nfe"])
-
-
-register(SolverSpec("euler", euler, "ode", 1, "logsnr", 1, steps_every(1), description="Euler on the PF-ODE in t"))
-register(SolverSpec("heun", heun, "ode", 2, "karras", 2, steps_every(2), valid_nfe="even positive integers",
-                    description="EDM Heun (Algorithm 1)"))
-register(SolverSpec("rk45", rk45, "ode", 5, "uniform", None, None, valid_nfe="adaptive: set rtol/atol",
-                    options={"rtol": 1e-5, "atol": 1e-5, "max_nfe": DEFAULT_MAX_NFE}, check_options=_check_rk45,
-                    description="scipy RK45 on the PF-ODE (score_sde)"))

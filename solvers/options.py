@@ -20,6 +20,26 @@ def non_negative(name: str, value) -> float:
     return value
 
 
+def check_type(name: str, value, default) -> None:
+    """A ValueError unless `value` has the type of the option's `default` (any number for a float default).
+
+    bool, int, float and str defaults are checked; an option whose default is None (or another type) takes
+    any value, left to the solver's own check.
+    """
+    if isinstance(default, bool):
+        ok, what = isinstance(value, bool), "True or False"
+    elif isinstance(default, int):
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, what = isinstance(value, str), "a string"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"option {name} must be {what} (its default is {default!r}), got {value!r}")
+
+
 def check_positive(options: dict, names) -> None:
     """`positive` on each of `names` in `options`."""
     for name in names:

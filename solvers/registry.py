@@ -1,34 +1,45 @@
-"""One registry of solvers and the `sample` entry point.
+"""One registry of solvers, the public `@solver` decorator that fills it, and the `sample` entry point.
 
-A solver is a function `fn(model, x, grid, nfe, generator, **options) -> x` that walks the float64
-time grid `grid` (decreasing, K + 1 times) within a budget of `nfe` evaluations and uses only the forms `Model` provides. Its entry
-declares its kind, its convergence order, its default grid and how an NFE budget maps to steps.
+A solver is a function `fn(model, x, grid, *, generator=None, **options) -> x` that walks the float64
+time grid `grid` (decreasing, K + 1 times) and uses only the forms `Model` provides (`eps`, `x0`,
+`score`, `ode_drift`, `sde_drift`) and the schedule's coefficients (`model.schedule.at(t)`: alpha,
+sigma, lam, f, g2). Its options are its keyword-only parameters with defaults. Its entry declares its
+kind, its convergence order, its default grid and how an NFE budget maps to grid steps.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from .grids import check_interval, make_grid
+from .grids import GRIDS, check_interval, make_grid
 from .model import Model, ModelOutputError
+from .options import check_type
+
+KINDS = ("ode", "sde")
+RESERVED = ("generator", "nfe")  # keyword-only parameters the registry passes, never options
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SolverSpec:
+    """A registered solver. Build it with the `solver` decorator, not directly."""
+
     name: str
     fn: Callable
     kind: str  # "ode" (deterministic, PF-ODE) or "sde" (stochastic)
     order: float  # ode: global order; sde: weak order
     default_grid: str
-    nfe_per_step: int | None  # fixed evaluations per step (with default options); None for adaptive or mixed
-    steps_for_nfe: Callable[[int, dict], int] | None  # (budget, resolved options) -> steps; None for adaptive
+    nfe_per_step: int | Callable[[dict], int] | None = None  # evaluations on every step (maybe by options)
+    steps_for_nfe: Callable[[int, dict], int] | None = None  # (budget, resolved options) -> steps; fn gets nfe=
+    strong_order: float | None = None  # sde: declared strong order, if any
     valid_nfe: str = "any positive integer"
     options: dict = field(default_factory=dict)  # option name -> default
     check_options: Callable[[dict], None] | None = None
     description: str = ""
     stochastic_if: Callable[[dict], bool] | None = None  # kind "ode" solvers that draw noise for some options
+    takes_generator: bool = True
 
     def stochastic(self, options: dict | None = None) -> bool:
         """Whether this solver with these options draws noise: every 'sde' solver, and e.g. ddim with eta > 0."""
@@ -37,17 +48,39 @@ class SolverSpec:
         return self.stochastic_if is not None and bool(self.stochastic_if(self.resolve_options(options or {})))
 
     @property
+    def weak_order(self) -> float | None:
+        return self.order if self.kind == "sde" else None
+
+    @property
     def adaptive(self) -> bool:
-        return self.steps_for_nfe is None
+        return self.nfe_per_step is None and self.steps_for_nfe is None
+
+    def evaluations_per_step(self, options: dict | None = None) -> int | None:
+        """Evaluations every step costs with these options; None for adaptive or mixed-cost solvers."""
+        per = self.nfe_per_step
+        return per(self.resolve_options(options or {})) if callable(per) else per
 
     def steps(self, nfe: int, options: dict | None = None) -> int:
         """Grid steps for a budget of exactly `nfe` evaluations; a ValueError naming the valid budgets if none."""
         if self.adaptive:
             raise ValueError(f"solver {self.name!r} is adaptive: set its tolerances (rtol, atol), not nfe")
+        opts = self.resolve_options(options or {})
+        check_nfe(nfe)
         try:
-            return self.steps_for_nfe(check_nfe(nfe), self.resolve_options(options or {}))
+            if self.steps_for_nfe is not None:
+                steps = self.steps_for_nfe(nfe, opts)
+            else:
+                per = self.evaluations_per_step(opts)
+                if nfe % per:
+                    raise ValueError(f"spends {per} evaluations per step, so needs a budget divisible by {per}, "
+                                     f"got {nfe}")
+                steps = nfe // per
         except ValueError as e:
             raise ValueError(f"solver {self.name!r} {e}; valid budgets: {self.valid_nfe}") from None
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"solver {self.name!r}: its steps_for_nfe gave {steps!r} steps for a budget of {nfe}; "
+                             f"it must give an integer >= 1 or raise ValueError")
+        return steps
 
     def budgets(self, nfes, options: dict | None = None) -> list[int]:
         """The budgets of `nfes` (in their order) that this solver spends exactly with `options`, by `steps`.
@@ -67,10 +100,13 @@ class SolverSpec:
         return ok
 
     def resolve_options(self, given: dict) -> dict:
+        """The options with defaults filled in; an unknown option, a wrong type or a bad value is a ValueError."""
         unknown = sorted(set(given) - set(self.options))
         if unknown:
             valid = ", ".join(sorted(self.options)) or "none"
             raise ValueError(f"unknown option(s) {', '.join(unknown)} for solver {self.name!r}; valid options: {valid}")
+        for name, value in given.items():
+            check_type(name, value, self.options[name])
         opts = {**self.options, **given}
         if self.check_options is not None:
             self.check_options(opts)
@@ -80,13 +116,112 @@ class SolverSpec:
 _REGISTRY: dict[str, SolverSpec] = {}
 
 
-def register(spec: SolverSpec) -> SolverSpec:
-    if spec.kind not in ("ode", "sde"):
-        raise ValueError(f"solver kind must be 'ode' or 'sde', got {spec.kind!r}")
-    if spec.name in _REGISTRY:
-        raise ValueError(f"solver {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+def solver(name: str, *, kind: str = "ode", order: float | None = None, weak_order: float | None = None,
+           strong_order: float | None = None, nfe_per_step: int | Callable[[dict], int] | None = None,
+           steps_for_nfe: Callable[[int, dict], int] | None = None, adaptive: bool = False,
+           default_grid: str = "logsnr", valid_nfe: str | None = None, check: Callable[[dict], None] | None = None,
+           stochastic_if: Callable[[dict], bool] | None = None, description: str | None = None):
+    """Register `fn(model, x, grid, *, generator=None, **options) -> x` as solver `name`; returns fn unchanged.
+
+    kind: "ode" (deterministic) or "sde" (draws noise through `generator`, see solvers.noise).
+    order: the declared global order (ode) or weak order (sde; `weak_order` says the same), and for
+      an sde optionally `strong_order`; `bench check` holds each declaration against a measurement.
+    The NFE rule, exactly one of:
+      nfe_per_step: evaluations every step costs (an int, or a function of the resolved options);
+      steps_for_nfe(nfe, options) -> steps, raising ValueError for budgets it cannot spend exactly:
+        for solvers whose steps cost different numbers of evaluations; fn then receives `nfe=`;
+      adaptive=True: fn chooses its own steps from tolerance options, gets grid = [t_start, t_end]
+        and returns (x, accepted times).
+    default_grid: a grid name of solvers.GRIDS. valid_nfe: how the valid budgets read in errors.
+    Options are fn's keyword-only parameters with defaults (other than generator and nfe); a given
+    option must have its default's type, and `check(options)` may raise ValueError for bad values.
+    stochastic_if(options): for an "ode" solver that draws noise for some options (ddim's eta > 0).
+    """
+    if not isinstance(name, str) or not name.strip() or name != name.strip() or "," in name:
+        raise ValueError(f"solver name must be a non-empty string without commas or surrounding spaces, got {name!r}")
+    if kind not in KINDS:
+        raise ValueError(f"solver kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "ode" and (weak_order is not None or strong_order is not None):
+        raise ValueError(f"solver {name!r}: weak_order and strong_order are for kind='sde'; an ode solver has order")
+    if order is not None and weak_order is not None and order != weak_order:
+        raise ValueError(f"solver {name!r}: order={order} and weak_order={weak_order} disagree (for an sde they are "
+                         "the same declaration)")
+    order = order if order is not None else weak_order
+    for label, value in (("order", order), ("strong_order", strong_order)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"solver {name!r}: {label} must be a number > 0, got {value!r}")
+    if order is None:
+        raise ValueError(f"solver {name!r} needs a declared order (the {'global' if kind == 'ode' else 'weak'} "
+                         "convergence order bench check holds it to)")
+    rules = [r for r, v in (("nfe_per_step", nfe_per_step), ("steps_for_nfe", steps_for_nfe),
+                            ("adaptive=True", adaptive or None)) if v is not None]
+    if len(rules) != 1:
+        raise ValueError(f"solver {name!r} needs exactly one NFE rule: nfe_per_step, steps_for_nfe or "
+                         f"adaptive=True; got {', '.join(rules) or 'none'}")
+    if nfe_per_step is not None and not callable(nfe_per_step) and (
+            isinstance(nfe_per_step, bool) or not isinstance(nfe_per_step, int) or nfe_per_step < 1):
+        raise ValueError(f"solver {name!r}: nfe_per_step must be an integer >= 1 or a function of the options, "
+                         f"got {nfe_per_step!r}")
+    if steps_for_nfe is not None and not callable(steps_for_nfe):
+        raise ValueError(f"solver {name!r}: steps_for_nfe must be a function (nfe, options) -> steps")
+    if default_grid not in GRIDS:
+        raise ValueError(f"solver {name!r}: unknown default_grid {default_grid!r}; valid: {', '.join(GRIDS)}")
+
+    def register(fn: Callable) -> Callable:
+        if not callable(fn):
+            raise TypeError(f"solver {name!r} must decorate a function, got {type(fn).__name__}")
+        if name in _REGISTRY:
+            raise ValueError(f"solver {name!r} is already registered (by {_where(_REGISTRY[name].fn)})")
+        options, takes_generator = _options_of(name, fn, takes_nfe=steps_for_nfe is not None)
+        if (kind == "sde" or stochastic_if is not None) and not takes_generator:
+            raise ValueError(f"solver {name!r} draws noise, so {_where(fn)} must take a keyword-only `generator` "
+                             "(pass it to solvers.noise.randn_like)")
+        if adaptive:
+            valid = valid_nfe or "adaptive: set its tolerance options"
+        elif valid_nfe is not None:
+            valid = valid_nfe
+        elif isinstance(nfe_per_step, int):
+            valid = "any positive integer" if nfe_per_step == 1 else f"multiples of {nfe_per_step}"
+        else:
+            valid = "see the solver's documentation"
+        doc = (inspect.getdoc(fn) or "").split("\n")[0]
+        _REGISTRY[name] = SolverSpec(
+            name=name, fn=fn, kind=kind, order=order, strong_order=strong_order, default_grid=default_grid,
+            nfe_per_step=nfe_per_step, steps_for_nfe=steps_for_nfe, valid_nfe=valid, options=options,
+            check_options=check, description=description if description is not None else doc,
+            stochastic_if=stochastic_if, takes_generator=takes_generator)
+        return fn
+
+    return register
+
+
+def _where(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', getattr(fn, '__name__', '?'))}"
+
+
+def _options_of(name: str, fn: Callable, takes_nfe: bool) -> tuple[dict, bool]:
+    """(option -> default, whether fn takes `generator`) from fn's signature; a ValueError if it is not a solver's."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        raise ValueError(f"solver {name!r}: cannot read the signature of {_where(fn)}") from None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) != 3 or any(p.kind is p.VAR_POSITIONAL for p in params):
+        raise ValueError(f"solver {name!r}: {_where(fn)} must take exactly (model, x, grid) positionally, then "
+                         f"keyword-only options; got ({', '.join(p.name for p in params)})")
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        raise ValueError(f"solver {name!r}: {_where(fn)} takes **kwargs; declare each option as a keyword-only "
+                         "parameter with a default, so that unknown options stay errors")
+    keyword = {p.name: p for p in params if p.kind is p.KEYWORD_ONLY}
+    if takes_nfe and "nfe" not in keyword:
+        raise ValueError(f"solver {name!r} gives steps_for_nfe, so {_where(fn)} must take a keyword-only `nfe`")
+    if not takes_nfe and "nfe" in keyword:
+        raise ValueError(f"solver {name!r}: {_where(fn)} takes `nfe`, which only solvers with steps_for_nfe receive")
+    missing = [p.name for p in keyword.values() if p.name not in RESERVED and p.default is p.empty]
+    if missing:
+        raise ValueError(f"solver {name!r}: option(s) {', '.join(missing)} of {_where(fn)} need a default")
+    options = {n: p.default for n, p in keyword.items() if n not in RESERVED}
+    return options, "generator" in keyword
 
 
 def list_solvers(kind: str | None = None) -> list[str]:
@@ -98,17 +233,6 @@ def get_solver(name: str) -> SolverSpec:
     if name not in _REGISTRY:
         raise ValueError(f"unknown solver {name!r}; valid: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
-
-
-def steps_every(nfe_per_step: int) -> Callable[[int, dict], int]:
-    """NFE rule of a solver that spends exactly `nfe_per_step` evaluations on every step."""
-
-    def steps(nfe: int, options: dict) -> int:
-        if nfe % nfe_per_step:
-            raise ValueError(f"needs an NFE budget that is a multiple of {nfe_per_step}, got {nfe}")
-        return nfe // nfe_per_step
-
-    return steps
 
 
 def check_nfe(nfe) -> int:
@@ -176,7 +300,10 @@ def sample(model: Model, x_T: torch.Tensor, solver: str, nfe: int | None = None,
     start = model.nfe
     try:
         with torch.no_grad():
-            out = spec.fn(model, x_T, grid, nfe=None if spec.adaptive else budget, generator=generator, **opts)
+            extra = {"generator": generator} if spec.takes_generator else {}
+            if spec.steps_for_nfe is not None:
+                extra["nfe"] = budget
+            out = spec.fn(model, x_T, grid, **extra, **opts)
             if isinstance(out, tuple):  # adaptive solvers also return the times they accepted
                 out, grid = out
             if denoise_final:
@@ -188,7 +315,7 @@ def sample(model: Model, x_T: torch.Tensor, solver: str, nfe: int | None = None,
             where = "adaptive step"
         elif denoise_final and k > budget:
             where = "final denoising evaluation"
-        elif spec.nfe_per_step is not None and budget % steps == 0:  # same evaluations every step, correctors too
+        elif spec.steps_for_nfe is None and budget % steps == 0:  # same evaluations every step, correctors too
             where = f"step {-(-k // (budget // steps))} of {steps}"
         else:  # mixed orders (singlestep DPM-Solver): evaluations lie in [t_i, t_{i+1}), never at a step's end
             step = int(torch.searchsorted(-grid, torch.tensor(-e.t, dtype=torch.float64), right=True))

@@ -15,7 +15,7 @@ import torch
 from .model import Model
 from .noise import randn_like
 from .options import positive
-from .registry import SolverSpec, register, steps_every
+from .registry import solver
 
 PREDICTORS = ("reverse_diffusion", "euler_maruyama")
 STEP_SIZES = ("sigma", "batch")
@@ -73,7 +73,9 @@ def _norms(v: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(v.flatten(1), dim=1)
 
 
-def euler_maruyama(model: Model, x, grid, nfe=None, generator=None):
+@solver("euler_maruyama", kind="sde", weak_order=1, nfe_per_step=1, default_grid="uniform",
+        description="Euler-Maruyama on the reverse-time SDE")
+def euler_maruyama(model: Model, x, grid, *, generator=None):
     """Euler-Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6). Weak order 1, strong 1/2; 1 NFE per step."""
     times = grid.tolist()
     for t_cur, t_next in zip(times[:-1], times[1:]):
@@ -81,7 +83,9 @@ def euler_maruyama(model: Model, x, grid, nfe=None, generator=None):
     return x
 
 
-def reverse_diffusion(model: Model, x, grid, nfe=None, generator=None):
+@solver("reverse_diffusion", kind="sde", weak_order=1, nfe_per_step=1, default_grid="uniform",
+        description="score_sde reverse-diffusion predictor, exact forward step")
+def reverse_diffusion(model: Model, x, grid, *, generator=None):
     """score_sde's reverse-diffusion predictor (Song et al. 2021, App. E, eq. 46 for VP). Weak order 1; 1 NFE per step.
 
     Each step uses the forward process's exact transition between grid points (VP: beta_i =
@@ -93,8 +97,22 @@ def reverse_diffusion(model: Model, x, grid, nfe=None, generator=None):
     return x
 
 
-def pc(model: Model, x, grid, nfe=None, generator=None, predictor: str = "reverse_diffusion",
-       corrector_steps: int = 1, snr: float = 0.16, step_size: str = "sigma"):
+def _check_pc(opts):
+    if opts["predictor"] not in PREDICTORS:
+        raise ValueError(f"unknown predictor {opts['predictor']!r}; valid: {', '.join(PREDICTORS)}")
+    n = opts["corrector_steps"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"corrector_steps must be an integer >= 0, got {n!r}")
+    if opts["step_size"] not in STEP_SIZES:
+        raise ValueError(f"unknown step_size {opts['step_size']!r}; valid: {', '.join(STEP_SIZES)}")
+    positive("snr", opts["snr"])
+
+
+@solver("pc", kind="sde", weak_order=1, nfe_per_step=lambda opts: 1 + opts["corrector_steps"], default_grid="uniform",
+        valid_nfe="multiples of 1 + corrector_steps (even with the default corrector_steps=1)", check=_check_pc,
+        description="predictor-corrector with Langevin corrector (score_sde)")
+def pc(model: Model, x, grid, *, generator=None, predictor: str = "reverse_diffusion", corrector_steps: int = 1,
+       snr: float = 0.16, step_size: str = "sigma"):
     """Predictor-corrector sampling (Song et al. 2021, Algorithms 2-5): a predictor step, then Langevin steps.
 
     The corrector at t_{i+1} uses alpha = a^2 of the step just taken, i.e. 1 - beta_i for VP and 1 for VE
@@ -110,33 +128,3 @@ def pc(model: Model, x, grid, nfe=None, generator=None, predictor: str = "revers
         for _ in range(corrector_steps):
             x = langevin_step(model, x, t_next, snr, alpha, step_size, generator)
     return x
-
-
-def _check_pc(opts):
-    if opts["predictor"] not in PREDICTORS:
-        raise ValueError(f"unknown predictor {opts['predictor']!r}; valid: {', '.join(PREDICTORS)}")
-    n = opts["corrector_steps"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"corrector_steps must be an integer >= 0, got {n!r}")
-    if opts["step_size"] not in STEP_SIZES:
-        raise ValueError(f"unknown step_size {opts['step_size']!r}; valid: {', '.join(STEP_SIZES)}")
-    positive("snr", opts["snr"])
-
-
-def _pc_steps(nfe: int, options: dict) -> int:
-    per_step = 1 + options["corrector_steps"]
-    if nfe % per_step:
-        raise ValueError(f"spends 1 + corrector_steps = {per_step} evaluations per step (one predictor, "
-                         f"{per_step - 1} corrector), so the budget must be divisible by {per_step}, got {nfe}")
-    return nfe // per_step
-
-
-register(SolverSpec("euler_maruyama", euler_maruyama, "sde", 1, "uniform", 1, steps_every(1),
-                    description="Euler-Maruyama on the reverse-time SDE"))
-register(SolverSpec("reverse_diffusion", reverse_diffusion, "sde", 1, "uniform", 1, steps_every(1),
-                    description="score_sde reverse-diffusion predictor, exact forward step"))
-register(SolverSpec("pc", pc, "sde", 1, "uniform", 2, _pc_steps,  # 2 NFE per step with the default options
-                    valid_nfe="multiples of 1 + corrector_steps (even with the default corrector_steps=1)",
-                    options={"predictor": "reverse_diffusion", "corrector_steps": 1, "snr": 0.16,
-                             "step_size": "sigma"},
-                    check_options=_check_pc, description="predictor-corrector with Langevin corrector (score_sde)"))

@@ -112,8 +112,9 @@ def test_nfe_is_exact_for_every_fixed_step_solver():
         if spec.adaptive:
             continue
         budgets = spec.budgets(range(1, 61))
-        if spec.nfe_per_step is not None:  # the declared NFE per step, held against the budget rule
-            assert budgets == list(range(spec.nfe_per_step, 61, spec.nfe_per_step)), (name, budgets)
+        per = spec.evaluations_per_step()
+        if per is not None:  # the declared NFE per step, held against the budget rule
+            assert budgets == list(range(per, 61, per)), (name, budgets)
         for nfe in range(1, 61):
             model.reset()
             if nfe in budgets:
