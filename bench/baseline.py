@@ -12,7 +12,7 @@ import time
 
 from solvers import list_solvers
 
-from . import cli
+from . import cli, plugins
 from .baseline_compare import compare, failures, format_comparison
 from .baseline_measure import MODELS, SCHEDULES, measure
 from .baseline_store import BASELINE_DIR, NoBaselines, read_baselines, write_baselines
@@ -28,6 +28,7 @@ def add_baseline_arguments(parser) -> None:
                         help="'all' (every registered solver) or a comma-separated list")
     parser.add_argument("--dir", default=str(BASELINE_DIR), help="baseline directory (default: results/baselines)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    plugins.add_argument(parser)
 
 
 def main_baseline(args) -> int:

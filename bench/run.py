@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import schema
+from . import plugins, schema
 from .cli import MAX_SEED, integer, integers, names, writable_dir
 
 PROG = "python -m bench run"
@@ -109,6 +109,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="model and statistics cache (default $SAMPLERBENCH_CACHE, else ~/.cache/samplerbench)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no summary table")
+    plugins.add_argument(p)
 
 
 def _config(args) -> dict:
@@ -294,7 +295,7 @@ def _start_manifest(run_dir: Path, manifest: dict, args, config: dict, world) ->
         manifest = {"run_id": run_dir.name, "command": " ".join(["python -m bench"] + sys.argv[1:]), "started": now}
     manifest.update(config={**config, "batch_size": args.batch_size, "device": args.device,
                             "cache_dir": str(reference_models.cache_dir(args.cache_dir).resolve())},
-                    git_commit=_git_commit(), versions=_versions(), device=_device_info(world),
+                    git_commit=_git_commit(), versions=_versions(), device=_device_info(world), plugins=plugins.loaded(),
                     load_average={"start": _load_average(), "end": None}, finished=None, report=None)
     write_json(run_dir / MANIFEST, manifest)
     return manifest

@@ -40,6 +40,17 @@ class SolverSpec:
     description: str = ""
     stochastic_if: Callable[[dict], bool] | None = None  # kind "ode" solvers that draw noise for some options
     takes_generator: bool = True
+    schedules: tuple[str, ...] | None = None  # schedule kinds it runs on (Schedule.kind); None: any
+
+    def supports(self, schedule) -> bool:
+        """Whether this solver runs on `schedule` (a Schedule or its kind)."""
+        kind = schedule if isinstance(schedule, str) else schedule.kind
+        return self.schedules is None or kind in self.schedules
+
+    def check_schedule(self, schedule) -> None:
+        if not self.supports(schedule):
+            kind = schedule if isinstance(schedule, str) else schedule.kind
+            raise ValueError(f"solver {self.name!r} runs on {', '.join(self.schedules)} schedules, not {kind!r}")
 
     def stochastic(self, options: dict | None = None) -> bool:
         """Whether this solver with these options draws noise: every 'sde' solver, and e.g. ddim with eta > 0."""
@@ -120,7 +131,7 @@ def solver(name: str, *, kind: str = "ode", order: float | None = None, weak_ord
            strong_order: float | None = None, nfe_per_step: int | Callable[[dict], int] | None = None,
            steps_for_nfe: Callable[[int, dict], int] | None = None, adaptive: bool = False,
            default_grid: str = "logsnr", valid_nfe: str | None = None, check: Callable[[dict], None] | None = None,
-           stochastic_if: Callable[[dict], bool] | None = None, description: str | None = None):
+           stochastic_if: Callable[[dict], bool] | None = None, schedules=None, description: str | None = None):
     """Register `fn(model, x, grid, *, generator=None, **options) -> x` as solver `name`; returns fn unchanged.
 
     kind: "ode" (deterministic) or "sde" (draws noise through `generator`, see solvers.noise).
@@ -136,6 +147,7 @@ def solver(name: str, *, kind: str = "ode", order: float | None = None, weak_ord
     Options are fn's keyword-only parameters with defaults (other than generator and nfe); a given
     option must have its default's type, and `check(options)` may raise ValueError for bad values.
     stochastic_if(options): for an "ode" solver that draws noise for some options (ddim's eta > 0).
+    schedules: the schedule kinds it runs on (e.g. ("vp",)); others are a ValueError. Default: any.
     """
     if not isinstance(name, str) or not name.strip() or name != name.strip() or "," in name:
         raise ValueError(f"solver name must be a non-empty string without commas or surrounding spaces, got {name!r}")
@@ -164,6 +176,10 @@ def solver(name: str, *, kind: str = "ode", order: float | None = None, weak_ord
                          f"got {nfe_per_step!r}")
     if steps_for_nfe is not None and not callable(steps_for_nfe):
         raise ValueError(f"solver {name!r}: steps_for_nfe must be a function (nfe, options) -> steps")
+    if schedules is not None:
+        schedules = (schedules,) if isinstance(schedules, str) else tuple(schedules)
+        if not schedules or not all(isinstance(k, str) and k for k in schedules):
+            raise ValueError(f"solver {name!r}: schedules must be schedule kinds such as 'vp', 've', got {schedules!r}")
     if default_grid not in GRIDS:
         raise ValueError(f"solver {name!r}: unknown default_grid {default_grid!r}; valid: {', '.join(GRIDS)}")
 
@@ -189,7 +205,7 @@ def solver(name: str, *, kind: str = "ode", order: float | None = None, weak_ord
             name=name, fn=fn, kind=kind, order=order, strong_order=strong_order, default_grid=default_grid,
             nfe_per_step=nfe_per_step, steps_for_nfe=steps_for_nfe, valid_nfe=valid, options=options,
             check_options=check, description=description if description is not None else doc,
-            stochastic_if=stochastic_if, takes_generator=takes_generator)
+            stochastic_if=stochastic_if, takes_generator=takes_generator, schedules=schedules)
         return fn
 
     return register
@@ -272,6 +288,7 @@ def sample(model: Model, x_T: torch.Tensor, solver: str, nfe: int | None = None,
         raise ValueError(f"x_T must be shaped (B, ...) with at least one sample, got shape {tuple(x_T.shape)}")
     opts = spec.resolve_options(options)
     sched = model.schedule
+    spec.check_schedule(sched)
     if timesteps is not None and not isinstance(timesteps, str):
         ends = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
         if len(ends) and any(v is not None and v != float(e) for v, e in ((t_start, ends[0]), (t_end, ends[-1]))):
