@@ -16,3 +16,22 @@ def private_model_cache(tmp_path_factory):
         os.environ.pop(ENV_VAR, None)
     else:
         os.environ[ENV_VAR] = before
+
+
+@pytest.fixture(autouse=True)
+def restore_solver_registry():
+    """Solvers and plugins a test registers or loads are gone after it: every test sees the built-in registry."""
+    import sys
+
+    from bench import plugins
+    from solvers import registry
+
+    solvers_before, loaded_before = dict(registry._REGISTRY), dict(plugins._loaded)
+    yield
+    for key, module in list(plugins._loaded.items()):
+        if key not in loaded_before:  # imported again (and so registered again) by the next test that loads it
+            sys.modules.pop(module, None)
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(solvers_before)
+    plugins._loaded.clear()
+    plugins._loaded.update(loaded_before)
