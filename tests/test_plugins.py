@@ -155,7 +155,7 @@ def test_builtin_solvers_are_registered_through_the_decorator():
 def test_plugin_file_registers_once():
     path = str(PLUGINS / "good_solver.py")
     module = plugins.load(path)
-    assert "example_dpmpp_2m" in list_solvers() and plugins.load(path) == module  # a second load is a no-op
+    assert "my_dpmpp_2m" in list_solvers() and plugins.load(path) == module  # a second load is a no-op
     assert str((PLUGINS / "good_solver.py").resolve()) in plugins.loaded()
 
 
@@ -165,7 +165,7 @@ def test_example_plugin_is_dpmpp_2m_and_second_order(gmm):
     model, _ = gmm
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
     ref = solvers.reference_solution(model, x_T)
-    err = [float((sample(model, x_T, "example_dpmpp_2m", nfe=n) - ref).norm(dim=1).mean()) for n in (50, 100, 200)]
+    err = [float((sample(model, x_T, "my_dpmpp_2m", nfe=n) - ref).norm(dim=1).mean()) for n in (50, 100, 200)]
     assert 3.3 < err[0] / err[1] < 4.8 and 3.3 < err[1] / err[2] < 4.8, err
 
 
@@ -195,13 +195,13 @@ def test_a_plugin_that_fails_to_load_is_a_one_line_error(tmp_path, capsys, plugi
 def test_a_plugin_solver_is_a_valid_solver_name_for_run(tmp_path, capsys):
     """--solvers is validated after the plugins loaded, whichever comes first on the command line."""
     out = tmp_path / "run"
-    args = ["run", "--solvers", "example_dpmpp_2m,ddim", "--plugins", str(PLUGINS / "good_solver.py"),
+    args = ["run", "--solvers", "my_dpmpp_2m,ddim", "--plugins", str(PLUGINS / "good_solver.py"),
             "--models", "gmm2d", "--nfe", "8", "--samples", "40", "--repeats", "1", "--out", str(out), "--quiet"]
     assert main(args) == 0
     import pandas as pd
 
     rows = pd.read_parquet(out / "results.parquet")
-    assert set(rows["solver"]) == {"example_dpmpp_2m", "ddim"} and (rows["status"] == "ok").all()
+    assert set(rows["solver"]) == {"my_dpmpp_2m", "ddim"} and (rows["status"] == "ok").all()
     import json
 
     manifest = json.loads((out / "manifest.json").read_text())
@@ -210,9 +210,9 @@ def test_a_plugin_solver_is_a_valid_solver_name_for_run(tmp_path, capsys):
 
 def test_without_its_plugin_a_plugin_solver_is_unknown(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # argparse's exit
-        main(["run", "--solvers", "example_dpmpp_2m", "--models", "gmm2d", "--out", str(tmp_path / "x")])
+        main(["run", "--solvers", "my_dpmpp_2m", "--models", "gmm2d", "--out", str(tmp_path / "x")])
     assert e.value.code == 2
-    assert "unknown solver 'example_dpmpp_2m'" in capsys.readouterr().err  # without the plugin: not a solver
+    assert "unknown solver 'my_dpmpp_2m'" in capsys.readouterr().err  # without the plugin: not a solver
 
 
 def _installed_plugin(tmp_path: Path, value: str, body: str) -> dict:
@@ -254,3 +254,12 @@ def test_a_broken_entry_point_names_its_package(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == ("python -m bench run: error: plugin entry point 'mine' of package 'sbplug-pkg' "
                                   "(sbplug_pkg) failed to load: ImportError: needs libfoo")
+
+
+def test_readme_example_is_the_example_plugin():
+    """The README's 'Adding a solver' code block is tests/plugins/good_solver.py, so the tests above hold it."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Adding a solver", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    plugin = (PLUGINS / "good_solver.py").read_text()
+    assert block == plugin[plugin.index("import math"):]
+    assert len(block.strip().splitlines()) <= 20
