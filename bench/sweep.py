@@ -288,6 +288,9 @@ def run_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep) -> dict | None
            "repeats": sweep.repeats}
     if cell.nfe is not None and not spec.budgets([cell.nfe], options):
         return {**row, "status": "skipped", "message": _budget_message(spec, cell.nfe, options)} if world.main else None
+    if not spec.supports(group.ref.schedule):
+        return {**row, "status": "skipped", "message": f"runs on {', '.join(spec.schedules)} schedules only"
+                } if world.main else None
     local = sample_cell(cell, group, warmed, sweep, stochastic)
     reports = world.gather_objects({k: v for k, v in local.items() if k != "x"})
     failures = [f"rank {r}: {p['error']}" if world.active else p["error"] for r, p in enumerate(reports) if p["error"]]

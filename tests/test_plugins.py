@@ -263,3 +263,26 @@ def test_readme_example_is_the_example_plugin():
     plugin = (PLUGINS / "good_solver.py").read_text()
     assert block == plugin[plugin.index("import math"):]
     assert len(block.strip().splitlines()) <= 20
+
+
+def test_run_skips_schedules_a_solver_does_not_support(tmp_path):
+    plugin = tmp_path / "vp_only.py"
+    plugin.write_text(textwrap.dedent("""
+        from solvers import solver
+        from solvers.dpm import first_update
+
+        @solver("vp_only_ddim", order=1, nfe_per_step=1, schedules=("vp",))
+        def vp_only_ddim(model, x, grid):
+            times = grid.tolist()
+            for s, t in zip(times[:-1], times[1:]):
+                x = first_update(model, x, s, t)
+            return x
+    """))
+    out = tmp_path / "run"
+    assert main(["run", "--plugins", str(plugin), "--solvers", "vp_only_ddim", "--models", "gmm2d", "--schedules",
+                 "vp,ve", "--nfe", "8", "--samples", "30", "--repeats", "1", "--out", str(out), "--quiet"]) == 0
+    import pandas as pd
+
+    rows = pd.read_parquet(out / "results.parquet").set_index("schedule")
+    assert rows.loc["vp", "status"] == "ok"
+    assert rows.loc["ve", "status"] == "skipped" and rows.loc["ve", "message"] == "runs on vp schedules only"
