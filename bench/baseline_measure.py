@@ -67,6 +67,8 @@ def cells(models=MODELS, schedules=SCHEDULES, solvers=None, nfes=NFES) -> list[C
     out = []
     for model, schedule, name in itertools.product(models, schedules, list_solvers() if solvers is None else solvers):
         spec = get_solver(name)
+        if not spec.supports(schedule):  # reference-model schedule names are their kinds (vp, ve)
+            continue
         for opts in [{}] + ([STOCHASTIC_VARIANTS[name]] if name in STOCHASTIC_VARIANTS else []):
             budgets = [None] if spec.adaptive else spec.budgets(nfes, opts)
             out += [Cell(model, schedule, name, tuple(sorted(opts.items())), n, spec.stochastic(opts)) for n in budgets]
