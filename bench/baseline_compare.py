@@ -1,9 +1,9 @@
 """Comparison of a measured baseline table with the stored one: the rules, and what `bench baseline` prints.
 
 Rules (`judge`): an error above baseline * 1.01 + 1e-12 regresses; a bias whose size rises by more than 3
-standard errors regresses; an order below its `ORDER_BANDS` band regresses; an adaptive solver's nfe_used
-rising by more than 1% regresses; improvements are reported and pass; a row in the baseline but not
-measured (missing), or measured but not in the baseline (new), fails.
+standard errors regresses; an order below its band (`solvers.convergence.order_band`: [p - 0.3, p + 0.5] for
+declared order p) regresses; an adaptive solver's nfe_used rising by more than 1% regresses; improvements are
+reported and pass; a row in the baseline but not measured (missing), or measured but not in the baseline (new), fails.
 """
 from __future__ import annotations
 
@@ -12,23 +12,19 @@ import math
 import pandas as pd
 
 from solvers import get_solver
+from solvers.convergence import order_band as band_of
 
 from .baseline_store import BIAS_METRICS, KEY
 
 REL_TOL, ABS_TOL = 0.01, 1e-12  # deterministic errors
 SIGMAS = 3.0  # stochastic biases, in standard errors
-# Convergence order (issue 2): bands of the measured order (bench.orders.fit), by declared order.
-ORDER_BANDS = {1: (0.8, 1.4), 2: (1.7, 2.4), 3: (2.6, 3.5)}
-ORDER_BAND_EXCEPTIONS = {"dpm_solver_3m": (1.9, math.inf)}  # its lower-order warm-up caps the slope
 STATUSES = ("same", "moved", "improved", "regressed", "missing", "new")
 FAILING = ("regressed", "missing", "new")
 
 
 def order_band(name: str) -> tuple[float, float]:
-    """The band the measured order of solver `name` must lie in (issue 2)."""
-    if name in ORDER_BAND_EXCEPTIONS:
-        return ORDER_BAND_EXCEPTIONS[name]
-    return ORDER_BANDS[int(get_solver(name).order)]
+    """The band the measured order (bench.orders.fit) of solver `name` must lie in: its declared order's band."""
+    return band_of(get_solver(name).order)
 
 
 def judge(metric: str, solver: str, base: float, now: float, se: float, rel_tol=REL_TOL, abs_tol=ABS_TOL,
