@@ -2,7 +2,8 @@
 
 Reads each run's results.parquet, groups.parquet, arrays/ and manifest.json. The report opens with the
 recommendation (best solver per model and NFE, with the solvers tied with it), then the summary with intervals
-and noise-floor marks, figures (bench/plots.py), measured vs declared orders (bench/orders.py), the smallest NFE
+and noise-floor marks, figures (bench/plots.py), measured vs declared orders (bench/orders.py), other libraries'
+implementations against ours of the same algorithm (bench/counterparts.py), the smallest NFE
 that reaches the reference solution's quality, the Pareto front, timings, a comparison of later runs with the
 first, failed cells and provenance. Verdicts live in bench/verdicts.py, sections in bench/sections.py.
 """
@@ -23,8 +24,8 @@ from .render import Section, render_html, render_md
 from .report_input import FORMATS, ReportError, load_run, parse_formats
 from .screenshot import TALL, find_chromium, parse_size, screenshot
 from .schema import headline_metric
-from .sections import (equivalence_section, failures_section, order_section, pareto_section, provenance_section,
-                       recommendation_section, summary_section, target_section, timing_section)
+from .sections import (equivalence_section, failures_section, implementations_section, order_section, pareto_section,
+                       provenance_section, recommendation_section, summary_section, target_section, timing_section)
 
 DEFAULT_TOLERANCE = 0.1
 
@@ -64,7 +65,8 @@ def make_report(run_dirs, out_dir=None, formats=FORMATS, tolerance: float = DEFA
                 summary_section(shown, metrics, groups),
                 Section("Figures", list(figures) or ["No figures: no ok cell has a quality metric, a reference error "
                                                      "or a wall-clock."]),
-                order_section(shown, order_tol), target_section(shown, metrics, groups, tolerance),
+                order_section(shown, order_tol), implementations_section(rows, metrics, pairing),
+                target_section(shown, metrics, groups, tolerance),
                 pareto_section(shown, metrics), timing_section(shown, runs)]
     if len(runs) > 1:
         sections.append(compare_section(rows, metrics, runs, compare_tol))

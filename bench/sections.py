@@ -1,5 +1,5 @@
 """The report's sections, each a pure function of the combined result rows (and group rows): recommendation,
-summary, orders, target, Pareto front, timings, failed cells, provenance."""
+summary, orders, target, Pareto front, timings, implementations compared, failed cells, provenance."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ import math
 import pandas as pd
 
 from . import orders, plots, verdicts
+from .counterparts import COUNTERPARTS
 from .formatting import fmt, nfe_text
 from .render import Section, Table
 from .report_input import Run
@@ -272,3 +273,77 @@ def provenance_section(runs: list[Run]) -> Section:
     sec = Section("Provenance", [Table(["field"] + [r.label for r in runs], body)])
     sec.blocks += [("p", f"{r.label}: no manifest.json in {r.path}.", "warn") for r in runs if r.manifest is None]
     return sec
+
+
+def _delta(d) -> str | tuple:
+    """A paired difference theirs − ours as text, marked where its 95% interval excludes zero."""
+    if d is None or not math.isfinite(d[0]):
+        return "—"
+    text = pm(*d)
+    if d[2] < 0:
+        return (f"{text} theirs better", "good")
+    if d[1] > 0:
+        return (f"{text} ours better", "bad")
+    return f"{text} tied"
+
+
+def implementations_section(rows: pd.DataFrame, metrics: dict, pairing) -> Section | None:
+    """Other libraries' implementations against ours of the same algorithm (bench.counterparts), at equal NFE on
+    the same x_T: error and headline quality with intervals, their paired differences, time per sample. None when
+    the run has no contender rows; needs no plugin, only the rows' solver names."""
+    present = set(rows["solver"])
+    pairs = [(theirs, ours) for theirs, ours in COUNTERPARTS.items() if theirs in present]
+    if not pairs:
+        return None
+    sec = Section("Implementations compared", [(
+        "Another library's implementation (a solver named lib.algorithm, e.g. from `--plugins diffusers`) against "
+        "ours of the same algorithm, at equal NFE, from the same x_T. Their timesteps are their own (diffusers: "
+        "uniform in t on a 1000-step chain), so a difference mixes implementation and grid. Δ is theirs − ours "
+        "(lower is better), paired over shared samples with its 95% interval; 'theirs/ours better' only where that "
+        "interval excludes zero. Times are medians of the timed repeats, per sample.")])
+    absent = [f"{theirs} (ours: {ours})" for theirs, ours in pairs if ours not in present]
+    pairs = [(theirs, ours) for theirs, ours in pairs if ours in present]
+    multi = rows["run"].nunique() > 1
+    for group, metric in metrics.items():
+        g = rows[rows["group"] == group]
+        tables = {m: verdicts.cell_table(g, m).set_index(["run", "solver", "key"]) for m in ("error_rmse", metric)
+                  if m is not None}
+        body = []
+        for theirs, ours in pairs:
+            for run in dict.fromkeys(g["run"]):
+                keys = {k for t in tables.values() for r, s, k in t.index
+                        if r == run and s == ours and k >= 0 and (r, theirs, k) in t.index}
+                for key in sorted(keys):
+                    row = ([run] if multi else []) + [ours, theirs, str(int(key))]
+                    for m, t in tables.items():
+                        cell = {s: t.loc[(run, s, key)] if (run, s, key) in t.index else None for s in (ours, theirs)}
+                        row += [pm(c["q"], c["q_lo"], c["q_hi"]) if c is not None else "—" for c in cell.values()]
+                        both = all(c is not None for c in cell.values())
+                        row.append(_delta(pairing.difference(g, run, theirs, ours, key, m)) if both else "—")
+                    times = [_per_sample(g, run, s, key) for s in (ours, theirs)]
+                    ratio = times[1] / times[0] if times[0] > 0 and math.isfinite(times[0] * times[1]) else math.nan
+                    row += [fmt(times[0] * 1e3), fmt(times[1] * 1e3) + (f" (×{ratio:.2g})" if math.isfinite(ratio)
+                                                                       else "")]
+                    body.append(row)
+        if not body:
+            continue
+        cols = ["run"] if multi else []
+        cols += ["ours", "theirs", "NFE"]
+        for m in tables:
+            label = LABELS.get(m, m)
+            cols += [f"{label}: ours", "theirs", "Δ theirs − ours"]
+        cols += ["ms per sample: ours", "theirs"]
+        sec.blocks += [("h3", group), Table(cols, body, "theirs")]
+    if absent:
+        sec.blocks.append(("p", "Not compared, ours not in the run: " + "; ".join(absent) + ".", "warn"))
+    if len(sec.blocks) == 1:
+        sec.blocks.append("No NFE budget at which both implementations of an algorithm have an ok cell.")
+    return sec
+
+
+def _per_sample(rows: pd.DataFrame, run: str, solver: str, key: float) -> float:
+    """Median wall-clock per sample of a solver's ok cells at one NFE of one run (NaN without one)."""
+    sel = rows[(rows["run"] == run) & (rows["solver"] == solver) & (rows["status"] == "ok")]
+    sel = sel[sel["nfe"].astype("Float64") == key]
+    v = pd.to_numeric(sel.get("wall_per_sample_s", pd.Series(dtype=float)), errors="coerce").dropna()
+    return float(v.median()) if len(v) else math.nan
