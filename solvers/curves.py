@@ -1,0 +1,140 @@
+"""Error curves: how far a solver lands from the exact answer as its budget grows (or its tolerance tightens).
+
+Deterministic solvers: RMSE over every coordinate against the DOP853 reference solution from the same x_T.
+Stochastic solvers: the weak error |E log p_t_end(x) - E_exact log p_t_end| with its standard error.
+Adaptive solvers: RMSE against the reference as rtol = atol tighten. `solvers.testing` fits and judges them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .model import Model
+from .ode import reference_solution
+from .outcomes import problem
+from .registry import get_solver, sample
+
+REFERENCE_TOL = 1e-10  # DOP853 rtol = atol of the reference solution
+ERROR_FLOOR = 1e-8  # path errors below this are the reference's own: not fitted
+ORDER_NFES = (15, 30, 60, 120, 240, 480, 960)  # doubling budgets, each a whole number of 1, 2, 3 or 5-NFE steps
+WEAK_NFES = (20, 40, 80, 160)  # stochastic solvers: each budget needs many samples to resolve the weak error
+TOLERANCES = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7)  # adaptive solvers: rtol = atol, loosest first
+WEAK_FLOOR_SE = 3.0  # weak errors within this many standard errors of 0 are noise: not fitted
+
+
+def g(v: float) -> str:
+    """A number in 3 significant digits (NaN and inf as words)."""
+    return f"{v:.3g}" if math.isfinite(v) else str(v)
+
+
+def rms(x: torch.Tensor) -> float:
+    return float(x.double().pow(2).mean().sqrt())
+
+
+def generator(stochastic: bool, seed: int, n: int | None = None):
+    """None for a deterministic solver; one generator (or `n` per-sample generators) for a stochastic one."""
+    from .noise import per_sample_generators
+
+    if not stochastic:
+        return None
+    return per_sample_generators(range(seed, seed + n)) if n else torch.Generator().manual_seed(seed)
+
+
+def run(spec, model: Model, x_T: torch.Tensor, nfe, options: dict, seed: int = 0, **kw):
+    """(samples, evaluations counted from the model's calls) of one `sample` call."""
+    start = model.nfe
+    gen = kw.pop("generator") if "generator" in kw else generator(spec.stochastic(options), seed)
+    x = sample(model, x_T, spec.name, nfe=nfe, generator=gen, **kw, **options)
+    return x, model.nfe - start
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Errors of a solver against the exact answer at growing budgets (adaptive: tightening tolerances)."""
+
+    kind: str  # "path", "weak" or "tolerance"
+    nfes: tuple  # budgets (adaptive: evaluations used, NaN where a run failed)
+    errors: tuple  # NaN where a run failed
+    stderr: tuple = ()  # weak: standard error of each bias
+    floor: float = 0.0  # errors at or below it are not fitted
+    scale: float = 1.0  # RMS of the reference solution
+    labels: tuple = ()  # adaptive: the tolerances
+    notes: tuple = ()  # why a run failed
+
+    def table(self) -> str:
+        what = "|bias of E log p|" if self.kind == "weak" else "RMSE vs reference"
+        rows = [f"  {'rtol=atol':>9}  {'NFE':>6}  {what}" if self.labels else f"  {'NFE':>6}  {what}"]
+        for i, (n, e) in enumerate(zip(self.nfes, self.errors)):
+            cells = [f"{self.labels[i]:>9g}"] if self.labels else []
+            cells += [f"{n:>6g}", g(e) + (f" ± {g(self.stderr[i])}" if self.stderr else "")]
+            if self.notes and self.notes[i]:
+                cells.append(self.notes[i])
+            rows.append("  " + "  ".join(cells))
+        return "\n".join(rows)
+
+
+def weak_curve(spec, model: Model, x_T, budgets, options: dict, log_prob, exact, seed: int, **kw) -> Curve:
+    """|E log_prob(x) - exact| at each budget, from one generator seeded `seed`."""
+    if isinstance(exact, torch.Tensor):
+        lp = log_prob(exact).double()
+        exact, exact_se = float(lp.mean()), float(lp.std()) / math.sqrt(len(lp))
+    else:
+        exact, exact_se = float(exact), 0.0
+    errors, stderr, notes = [], [], []
+    for n in budgets:
+        try:
+            x, _ = run(spec, model, x_T, n, options, seed, **kw)
+            lp = log_prob(x).double()
+            err, se = abs(float(lp.mean()) - exact), math.hypot(float(lp.std()) / math.sqrt(len(lp)), exact_se)
+            note = "" if math.isfinite(err) else "non-finite samples"
+        except (ValueError, RuntimeError) as e:
+            err, se, note = math.nan, math.nan, problem(e)
+        errors.append(err if math.isfinite(err) else math.nan), stderr.append(se), notes.append(note)
+    floor = WEAK_FLOOR_SE * max([s for s in stderr if math.isfinite(s)], default=0.0)
+    return Curve("weak", tuple(budgets), tuple(errors), tuple(stderr), floor, 1.0, (), tuple(notes))
+
+
+def error_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, reference=None, log_prob=None,
+                exact=None, seed: int = 0, t_start=None, t_end=None, timesteps=None, **options) -> Curve:
+    """Errors of `solver` at the budgets of `nfes` it accepts (adaptive: at the tolerances `nfes`).
+
+    Deterministic: RMSE against `reference` (DOP853 from x_T if None). Stochastic: |E log_prob(x) - exact|,
+    `log_prob(x)` the exact log density at t_end per sample, `exact` its exact expectation or exact samples.
+    """
+    spec = get_solver(solver)
+    spec.resolve_options(options)
+    kw = {"t_start": t_start, "t_end": t_end, "timesteps": timesteps}
+    if spec.stochastic(options):
+        if log_prob is None or exact is None:
+            raise ValueError(f"solver {solver!r} draws noise: its weak error needs log_prob (x -> log p_t_end(x)) "
+                             "and exact (E log p_t_end, or exact samples)")
+        budgets = spec.budgets(WEAK_NFES if nfes is None else nfes, options)
+        return weak_curve(spec, model, x_T, budgets, options, log_prob, exact, seed, **kw)
+    if reference is None:
+        if timesteps is not None and not isinstance(timesteps, str):  # an explicit grid gives the ends
+            ends = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
+            t_start, t_end = float(ends[0]), float(ends[-1])
+        reference = reference_solution(model, x_T, t_start, t_end, rtol=REFERENCE_TOL, atol=REFERENCE_TOL)
+    if spec.adaptive:
+        if not {"rtol", "atol"} <= set(spec.options):
+            raise ValueError(f"adaptive solver {solver!r} has no rtol/atol options to tighten")
+        if timesteps is not None:
+            raise ValueError(f"adaptive solver {solver!r} chooses its own steps: pass no timesteps")
+        labels = tuple(TOLERANCES if nfes is None else nfes)
+        calls = [(None, dict(options, rtol=tol, atol=tol)) for tol in labels]
+        kw.pop("timesteps")
+    else:
+        labels, calls = (), [(n, options) for n in spec.budgets(ORDER_NFES if nfes is None else nfes, options)]
+    used, errors, notes = [], [], []
+    for nfe, opts in calls:
+        try:
+            x, n = run(spec, model, x_T, nfe, opts, seed, **kw)
+            err = rms(x - reference)
+            note = "" if math.isfinite(err) else "non-finite samples"
+        except (ValueError, RuntimeError) as e:
+            n, err, note = (math.nan if nfe is None else nfe), math.nan, problem(e)
+        used.append(n), errors.append(err if math.isfinite(err) else math.nan), notes.append(note)
+    return Curve("tolerance" if spec.adaptive else "path", tuple(used), tuple(errors), (), ERROR_FLOOR,
+                 max(rms(reference), 1e-12), labels, tuple(notes))

@@ -1,0 +1,178 @@
+"""The checks of `python -m bench check` as plain functions, for a solver author's pytest suite.
+
+    from solvers import testing
+    testing.check_solver("my_solver", model, x_T)     # every check; an AssertionError with the table if one fails
+
+Each `check_*` returns an `Outcome` ("pass", or "n/a" with the reason where it cannot apply) and raises
+`CheckFailed`, an AssertionError whose message is the table of what was measured, when it fails.
+Evaluations are counted from the model's calls; orders are fitted by the one rule of solvers.convergence.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .convergence import fit, order_band
+from .curves import ORDER_NFES, TOLERANCES, WEAK_NFES, Curve, error_curve, g
+from .model import Model
+from .outcomes import CheckFailed, Outcome, done, format_table
+from .registry import get_solver
+from .sample_checks import (
+    BUDGETS,
+    EQUAL_TOL,
+    BudgetRun,
+    check_batch_independent,
+    check_deterministic,
+    check_equal,
+    check_exact_nfe,
+    check_finite,
+    sweep_budgets,
+)
+
+MIN_SLOPE = 0.5  # convergence: the error still falls at least this fast (log-log) between the two largest budgets
+CONSISTENT = 0.05  # convergence: final RMSE <= CONSISTENT * RMS of the reference solution
+BROWNIAN = "needs one Brownian path shared across grids (issue 14)"
+
+__all__ = [
+    "BUDGETS", "ORDER_NFES", "TOLERANCES", "WEAK_NFES", "BudgetRun", "CheckFailed", "Curve", "Outcome",
+    "check_batch_independent", "check_convergence", "check_deterministic", "check_equal", "check_exact_nfe",
+    "check_finite", "check_order", "check_solver", "check_strong_order", "error_curve", "format_table",
+    "measure_order", "sweep_budgets",
+]
+
+
+# --- orders and convergence ------------------------------------------------------------------
+
+
+def measure_order(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, curve: Curve | None = None, **kw):
+    """The fitted order (solvers.convergence.fit) of `error_curve(solver, model, x_T, nfes, **kw)`: an OrderFit."""
+    curve = curve or error_curve(solver, model, x_T, nfes, **kw)
+    return fit(curve.nfes, curve.errors, curve.floor)
+
+
+def check_order(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, curve: Curve | None = None,
+                **kw) -> Outcome:
+    """The fitted order (weak order on E log p if it draws noise) lies in the band of the declared order.
+
+    kw: error_curve's (reference, log_prob, exact, seed, t_start, t_end, timesteps) and the solver's options.
+    """
+    spec = get_solver(solver)
+    stochastic = spec.stochastic({k: v for k, v in kw.items() if k in spec.options})
+    name = "weak order" if stochastic else "order"
+    if spec.adaptive:
+        return Outcome(solver, name, "n/a", "adaptive: no fixed budgets (see convergence as tolerances tighten)")
+    curve = curve or error_curve(solver, model, x_T, nfes, **kw)
+    result = fit(curve.nfes, curve.errors, curve.floor)
+    lo, hi = order_band(spec.order)
+    what = "weak order (E log p)" if curve.kind == "weak" else "order"
+    declared = f"declared {spec.order:g}, band [{lo:g}, {hi:g}]"
+    if result.ok:
+        ok = lo <= result.order <= hi
+        detail = f"{what} {result.order:.2f} [{result.lo:.2f}, {result.hi:.2f}] over NFE {result.nfe_range}, {declared}"
+    else:
+        ok, detail = False, f"{what} not measurable: {result.note}; {declared}"
+    slopes = ", ".join(f"{s:.2f}" for s in result.local) or "—"
+    return done(Outcome(solver, name, "pass" if ok else "FAIL", detail, f"{curve.table()}\n  local slopes: {slopes}",
+                         value=result.order, data={"fit": result, "band": (lo, hi), "curve": curve}))
+
+
+def check_strong_order(solver: str) -> Outcome:
+    """Strong order: not measurable yet (it needs one Brownian path shared across grids), so n/a, never pass."""
+    spec = get_solver(solver)
+    if spec.strong_order is None:
+        return Outcome(solver, "strong order", "n/a", "no strong order declared")
+    return Outcome(solver, "strong order", "n/a", f"declared {spec.strong_order:g}, not measurable yet: {BROWNIAN}")
+
+
+def _convergence_problems(curve: Curve) -> list[str]:
+    e, n = curve.errors, curve.nfes
+    if not all(math.isfinite(v) for v in e):
+        return ["a run failed or gave non-finite samples"]
+    if curve.kind == "weak":
+        se = curve.stderr[-1]
+        ok = e[-1] <= max(e[0] / 4, 3 * se)
+        return [] if ok else [(f"|bias| {g(e[-1])} at NFE {n[-1]:g} is neither 4x below {g(e[0])} at NFE "
+                               f"{n[0]:g} nor within 3 standard errors of 0 ({g(3 * se)})")]
+    out = []
+    if curve.kind == "tolerance":
+        if not e[-1] <= e[0] / 10:
+            out.append(f"error at rtol={curve.labels[-1]:g} not 10x below that at rtol={curve.labels[0]:g}")
+        if not e[-1] <= 1e-3 * curve.scale:
+            out.append(f"error {g(e[-1])} at rtol={curve.labels[-1]:g} above 1e-3 of the solution's RMS")
+        return out
+    slope = -math.log(e[-1] / e[-2]) / math.log(n[-1] / n[-2]) if e[-1] > curve.floor else math.inf
+    if not e[-1] < e[0]:
+        out.append(f"error {g(e[-1])} at NFE {n[-1]:g} is not below {g(e[0])} at NFE {n[0]:g}")
+    if slope < MIN_SLOPE:
+        out.append(f"the error stalls: slope {slope:.2f} < {MIN_SLOPE} between NFE {n[-2]:g} and {n[-1]:g}")
+    if not e[-1] <= CONSISTENT * curve.scale:
+        out.append(f"error {g(e[-1])} at NFE {n[-1]:g} above {CONSISTENT:g} x the solution's RMS {g(curve.scale)}")
+    return out
+
+
+def check_convergence(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, curve: Curve | None = None,
+                      **kw) -> Outcome:
+    """The error falls towards 0 as NFE grows (adaptive: as rtol = atol tighten) and ends near the exact answer."""
+    curve = curve or error_curve(solver, model, x_T, nfes, **kw)
+    e, n = curve.errors, curve.nfes
+    if len(e) < 2:
+        return done(Outcome(solver, "convergence", "FAIL", "fewer than two budgets accepted", curve.table()))
+    if curve.kind == "tolerance":
+        summary = (f"RMSE {g(e[0])} → {g(e[-1])} as rtol=atol {curve.labels[0]:g} → {curve.labels[-1]:g} "
+                   f"(NFE {n[0]:g} → {n[-1]:g})")
+    else:
+        what = "|bias of E log p|" if curve.kind == "weak" else "RMSE"
+        summary = f"{what} {g(e[0])} → {g(e[-1])} over NFE {n[0]:g}–{n[-1]:g}"
+    problems = _convergence_problems(curve)
+    return done(Outcome(solver, "convergence", "FAIL" if problems else "pass", "; ".join([summary, *problems]),
+                         curve.table(), value=e[-1], data={"curve": curve}))
+
+
+
+
+# --- all of them ----------------------------------------------------------------------------
+
+
+def _outcome(check, *args, **kw) -> Outcome:
+    try:
+        return check(*args, **kw)
+    except CheckFailed as e:
+        return e.outcome
+
+
+def check_solver(solver: str, model: Model, x_T: torch.Tensor, *, reference=None, log_prob=None, exact=None,
+                 nfes=None, equal_to: str | None = None, equal_tol: float = EQUAL_TOL, seed: int = 0,
+                 raise_on_failure: bool = True, **options) -> list[Outcome]:
+    """Every check of `bench check` on one model; CheckFailed with the table if any fails, else the outcomes.
+
+    x_T (float64) feeds the error curve (a stochastic solver's weak error needs many samples, `log_prob` and
+    `exact`: see error_curve); budget sweeps use its first 2 samples, batch and determinism its first 8.
+    """
+    spec = get_solver(solver)
+    spec.resolve_options(options)
+    stochastic = spec.stochastic(options)
+    out = []
+    if stochastic and (log_prob is None or exact is None):
+        why = "needs log_prob and exact (the exact log density and its expectation) for the weak error"
+        out += [Outcome(solver, "weak order", "n/a", why), Outcome(solver, "convergence", "n/a", why)]
+        curve = None
+    else:
+        curve = error_curve(solver, model, x_T, nfes, reference=reference, log_prob=log_prob, exact=exact, seed=seed,
+                            **options)
+        out.append(_outcome(check_order, solver, model, x_T, curve=curve, **options))
+    if spec.kind == "sde":
+        out.append(check_strong_order(solver))
+    sweep = None if spec.adaptive else sweep_budgets(solver, model, x_T[:2], seed=seed, **options)
+    out.append(_outcome(check_exact_nfe, solver, model, x_T[:2], sweep=sweep, **options))
+    out.append(_outcome(check_finite, solver, model, x_T[:2], sweep=sweep, **options))
+    out.append(_outcome(check_batch_independent, solver, model, x_T[:8], seed=seed, **options))
+    out.append(_outcome(check_deterministic, solver, model, x_T[:8], seed=seed, **options))
+    if curve is not None:
+        out.append(_outcome(check_convergence, solver, model, x_T, curve=curve))
+    if equal_to is not None:
+        out.append(_outcome(check_equal, solver, equal_to, model, x_T[:8], seed=seed, atol=equal_tol, rtol=equal_tol,
+                            **options))
+    if raise_on_failure and any(o.status == "FAIL" for o in out):
+        raise CheckFailed(out)
+    return out
