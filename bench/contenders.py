@@ -69,25 +69,27 @@ class Scheduler:
     def steps_for_nfe(self, nfe: int, options: dict) -> int:
         """Grid steps for `nfe` (ValueError for budgets it cannot spend exactly)."""
         if self.stepping == "heun" and nfe % 2:
-            raise ValueError(f"makes 2 evaluations per Heun step, so needs an even budget, got {nfe}")
+            raise ValueError(f"needs an even budget (2 NFE per step), got {nfe}")
         steps = nfe // 2 if self.stepping == "heun" else nfe
         if steps > MAX_STEPS:
-            raise ValueError(f"has at most {MAX_STEPS} steps on the wrapped {N}-timestep chain, got a budget of {nfe}")
+            raise ValueError(f"takes at most {MAX_STEPS} steps, got {nfe}")
         if self.config.get("timestep_spacing") == "trailing":
             got = _trailing_count(self.timesteps(nfe))
             if got != self.timesteps(nfe):
-                raise ValueError(f"cannot spend {nfe}: diffusers' trailing spacing makes {got} timesteps for "
-                                 f"{nfe} steps (np.arange rounding), the last one -1")
+                raise ValueError(f"cannot spend {nfe} ({got} timesteps from diffusers)")
         return steps
 
     @property
     def valid_nfe(self) -> str:
+        """The valid budgets, in words (errors end with them: keep them after the reason)."""
+        chain = f"(steps of the {N}-timestep chain)"
         if self.stepping == "heun":
-            return f"even, 2 to {2 * MAX_STEPS}"
+            return f"even, 2 to {2 * MAX_STEPS} (2 per step, at most {MAX_STEPS} steps of the {N}-timestep chain)"
         if self.config.get("timestep_spacing") == "trailing":
             bad = [k for k in range(1, MAX_STEPS + 1) if _trailing_count(k) != k]
-            return f"1 to {MAX_STEPS} except {', '.join(map(str, bad[:4]))}, ... ({len(bad)} budgets)"
-        return f"1 to {MAX_STEPS}"
+            return (f"1 to {MAX_STEPS} {chain} except {', '.join(map(str, bad[:4]))}, ... ({len(bad)} budgets at which "
+                    "diffusers' trailing spacing makes one timestep too many, at -1)")
+        return f"1 to {MAX_STEPS} {chain}"
 
 
 def _trailing_count(k: int) -> int:

@@ -77,13 +77,14 @@ def test_every_contender_spends_exactly_its_budget(contenders, gmm):
 
 
 @pytest.mark.parametrize("name, nfe, message", [
-    ("diffusers.heun", 7, r"needs an even budget, got 7; valid budgets: even, 2 to 1998"),
-    ("diffusers.heun", 2000, r"at most 999 steps .* valid budgets: even, 2 to 1998"),
-    ("diffusers.dpmpp_2m", 1000, (r"at most 999 steps on the wrapped 1000-timestep chain, got a budget of 1000; "
-                                  r"valid budgets: 1 to 999")),
+    ("diffusers.heun", 7, r"needs an even budget \(2 NFE per step\), got 7; valid budgets: even, 2 to 1998"),
+    ("diffusers.heun", 2000, r"takes at most 999 steps, got 2000; valid budgets: even, 2 to 1998"),
+    ("diffusers.dpmpp_2m", 1000, (r"takes at most 999 steps, got 1000; valid budgets: 1 to 999 \(steps of the "
+                                  r"1000-timestep chain\)$")),
     ("diffusers.euler", 0, r"nfe must be a positive integer"),
-    ("diffusers.ddim", 61, (r"cannot spend 61: diffusers' trailing spacing makes 62 timesteps for 61 steps .*; "
-                            r"valid budgets: 1 to 999 except 61, 103, 121, 122, \.\.\. \(62 budgets\)")),
+    ("diffusers.ddim", 61, (r"cannot spend 61 \(62 timesteps from diffusers\); valid budgets: 1 to 999 .* except "
+                            r"61, 103, 121, 122, \.\.\. \(62 budgets at which diffusers' trailing spacing makes one "
+                            r"timestep too many, at -1\)")),
 ])
 def test_budgets_it_cannot_spend_are_refused_naming_the_valid_ones(contenders, gmm, name, nfe, message):
     model, x_T = gmm
