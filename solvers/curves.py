@@ -62,6 +62,9 @@ class Curve:
     scale: float = 1.0  # RMS of the reference solution
     labels: tuple = ()  # adaptive: the tolerances
     notes: tuple = ()  # why a run failed
+    bias: tuple = ()  # weak: the signed biases
+    samples: int = 0  # weak: samples per budget
+    exact_se: float = 0.0  # weak: standard error of the exact expectation (shared by every budget)
 
     def table(self) -> str:
         what = "|bias of E log p|" if self.kind == "weak" else "RMSE vs reference"
@@ -82,18 +85,35 @@ def weak_curve(spec, model: Model, x_T, budgets, options: dict, log_prob, exact,
         exact, exact_se = float(lp.mean()), float(lp.std()) / math.sqrt(len(lp))
     else:
         exact, exact_se = float(exact), 0.0
-    errors, stderr, notes = [], [], []
+    bias, stderr, notes = [], [], []
     for n in budgets:
         try:
             x, _ = run(spec, model, x_T, n, options, seed, **kw)
             lp = log_prob(x).double()
-            err, se = abs(float(lp.mean()) - exact), math.hypot(float(lp.std()) / math.sqrt(len(lp)), exact_se)
-            note = "" if math.isfinite(err) else "non-finite samples"
+            b, se = float(lp.mean()) - exact, math.hypot(float(lp.std()) / math.sqrt(len(lp)), exact_se)
+            note = "" if math.isfinite(b) else "non-finite samples"
         except (ValueError, RuntimeError) as e:
-            err, se, note = math.nan, math.nan, problem(e)
-        errors.append(err if math.isfinite(err) else math.nan), stderr.append(se), notes.append(note)
+            b, se, note = math.nan, math.nan, problem(e)
+        bias.append(b if math.isfinite(b) else math.nan), stderr.append(se), notes.append(note)
+    return _weak(tuple(budgets), bias, stderr, tuple(notes), len(x_T), exact_se)
+
+
+def _weak(budgets: tuple, bias, stderr, notes: tuple, samples: int, exact_se: float) -> Curve:
     floor = WEAK_FLOOR_SE * max([s for s in stderr if math.isfinite(s)], default=0.0)
-    return Curve("weak", tuple(budgets), tuple(errors), tuple(stderr), floor, 1.0, (), tuple(notes))
+    return Curve("weak", budgets, tuple(abs(b) for b in bias), tuple(stderr), floor, 1.0, (), notes, tuple(bias),
+                 samples, exact_se)
+
+
+def pool(a: Curve, b: Curve) -> Curve:
+    """Two weak curves at the same budgets from independent samples (same exact value) as one, from all samples."""
+    if a.kind != "weak" or b.kind != "weak" or a.nfes != b.nfes or a.exact_se != b.exact_se:
+        raise ValueError("pool takes two weak-error curves at the same budgets against the same exact value")
+    n, m, ex = a.samples, b.samples, a.exact_se
+    bias = [(n * x + m * y) / (n + m) for x, y in zip(a.bias, b.bias)]
+    own = [math.sqrt(n * n * max(s * s - ex * ex, 0.0) + m * m * max(t * t - ex * ex, 0.0)) / (n + m)
+           for s, t in zip(a.stderr, b.stderr)]  # the samples' own standard errors, then the shared exact one
+    notes = tuple("; ".join(filter(None, p)) for p in zip(a.notes, b.notes))
+    return _weak(a.nfes, bias, [math.hypot(o, ex) for o in own], notes, n + m, ex)
 
 
 def error_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, reference=None, log_prob=None,

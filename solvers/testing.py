@@ -65,7 +65,7 @@ def check_order(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, curv
     curve = curve or error_curve(solver, model, x_T, nfes, **kw)
     result = fit(curve.nfes, curve.errors, curve.floor)
     lo, hi = order_band(spec.order)
-    what = "weak order (E log p)" if curve.kind == "weak" else "order"
+    what = f"weak order (E log p, {curve.samples:,} samples)" if curve.kind == "weak" else "order"
     declared = f"declared {spec.order:g}, band [{lo:g}, {hi:g}]"
     if result.ok:
         ok = lo <= result.order <= hi
@@ -142,18 +142,21 @@ def _outcome(check, *args, **kw) -> Outcome:
 
 
 def check_solver(solver: str, model: Model, x_T: torch.Tensor, *, reference=None, log_prob=None, exact=None,
-                 nfes=None, equal_to: str | None = None, equal_tol: float = EQUAL_TOL, seed: int = 0,
-                 raise_on_failure: bool = True, **options) -> list[Outcome]:
+                 nfes=None, curve: Curve | None = None, equal_to: str | None = None, equal_tol: float = EQUAL_TOL,
+                 seed: int = 0, raise_on_failure: bool = True, **options) -> list[Outcome]:
     """Every check of `bench check` on one model; CheckFailed with the table if any fails, else the outcomes.
 
     x_T (float64) feeds the error curve (a stochastic solver's weak error needs many samples, `log_prob` and
-    `exact`: see error_curve); budget sweeps use its first 2 samples, batch and determinism its first 8.
+    `exact`: see error_curve), unless `curve` is given; budget sweeps use its first 2 samples, batch
+    independence and determinism its first 8.
     """
     spec = get_solver(solver)
     spec.resolve_options(options)
     stochastic = spec.stochastic(options)
     out = []
-    if stochastic and (log_prob is None or exact is None):
+    if curve is not None:
+        out.append(_outcome(check_order, solver, model, x_T, curve=curve, **options))
+    elif stochastic and (log_prob is None or exact is None):
         why = "needs log_prob and exact (the exact log density and its expectation) for the weak error"
         out += [Outcome(solver, "weak order", "n/a", why), Outcome(solver, "convergence", "n/a", why)]
         curve = None

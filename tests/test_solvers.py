@@ -1,5 +1,6 @@
 """Deterministic solvers held to their numerics: measured orders, equivalences, exact NFE, bad input.
 
+Orders, exact NFE and batch independence go through solvers.testing, the functions of `bench check`.
 Run `python tests/test_solvers.py` to print the measured order of every ODE solver.
 """
 import math
@@ -7,11 +8,9 @@ import math
 import pytest
 import torch
 
-from bench.baseline_compare import order_band  # the band of a solver's measured order
-from bench.orders import fit, fit_order
 from reference_models import GaussianMixture
 from solvers import (Model, ModelOutputError, VESchedule, VPSchedule, get_solver, list_solvers, reference_solution,
-                     sample)
+                     sample, testing)
 
 F64 = torch.float64
 NFES = [40, 80, 160, 320, 640]
@@ -37,28 +36,25 @@ def rmse(x, ref):
     return float((x - ref).pow(2).sum(1).mean().sqrt())
 
 
-def measure_order(model, x_T, ref, solver, nfes=NFES):
-    """(bench.orders.fit of the RMSE at `nfes`, the RMSEs)."""
-    errors = [rmse(sample(model, x_T, solver, nfe=n, t_start=1.0, t_end=1e-3, timesteps="logsnr"), ref)
-              for n in nfes]
-    return fit(nfes, errors), errors
+def error_curve(model, x_T, ref, solver, nfes=NFES) -> testing.Curve:
+    """RMSE against `ref` at `nfes` on the logsnr grid, t from 1 to 1e-3 (solvers.testing.error_curve)."""
+    return testing.error_curve(solver, model, x_T, nfes, reference=ref, t_start=1.0, t_end=1e-3, timesteps="logsnr")
 
 
 @pytest.fixture(scope="module")
-def orders(problem):
-    return {name: measure_order(*problem, name) for name in FIXED_ODE}
+def curves(problem):
+    return {name: error_curve(*problem, name) for name in FIXED_ODE}
 
 
 @pytest.mark.parametrize("name", FIXED_ODE)
-def test_measured_order_matches_declared(orders, name):
-    lo, hi = order_band(name)  # dpm_solver_3m: its lower-order warm-up caps the order, so only a floor
-    result, _ = orders[name]
-    assert lo <= result.order <= hi, (f"{name}: declared order {get_solver(name).order}, measured {result.order:.3f} "
-                                      f"over NFE {result.nfe_range} {result.note} (local slopes {result.local})")
+def test_measured_order_matches_declared(problem, curves, name):
+    """The order fitted by the one rule lies in [p - 0.3, p + 0.5] (solvers.testing.check_order raises if not)."""
+    outcome = testing.check_order(name, problem[0], problem[1], curve=curves[name])
+    assert outcome.status == "pass" and outcome.data["fit"].nfe[-1] == NFES[-1]
 
 
-def test_dpm_solver_3m_beats_2m_at_every_budget(orders):
-    assert all(e3 < e2 for e3, e2 in zip(orders["dpm_solver_3m"][1], orders["dpm_solver_2m"][1]))
+def test_dpm_solver_3m_beats_2m_at_every_budget(curves):
+    assert all(e3 < e2 for e3, e2 in zip(curves["dpm_solver_3m"].errors, curves["dpm_solver_2m"].errors))
 
 
 def test_ddim_equals_dpm_solver_1(problem):
@@ -96,33 +92,25 @@ def test_dpm_solver_orders_converge_on_ve():
     ref = reference_solution(model, x_T, 1.0, 1e-5, rtol=1e-11, atol=1e-11)
     nfes = [60, 120, 240]
     for name, lo in (("dpm_solver_2", 1.7), ("dpm_solver_3", 2.6)):
-        errors = [rmse(sample(model, x_T, name, nfe=n, t_end=1e-5), ref) for n in nfes]
-        assert fit_order(nfes, errors) >= lo, (name, fit(nfes, errors))
+        result = testing.measure_order(name, model, x_T, nfes, reference=ref, t_end=1e-5)
+        assert result.order >= lo, (name, result)
 
 
 # --- NFE ----------------------------------------------------------------------------------
 
 
-def test_nfe_is_exact_for_every_fixed_step_solver():
-    """Counted from calls, for every budget 1..60; budgets a solver cannot use are a ValueError."""
+@pytest.mark.parametrize("name", [n for n in list_solvers() if not get_solver(n).adaptive])
+def test_nfe_is_exact_for_every_fixed_step_solver(name):
+    """Counted from calls, at every budget 1..60; budgets a solver cannot use: a ValueError naming the valid ones."""
     model = mixture_2d().model(VPSchedule.linear())
-    x_T = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    for name in list_solvers():
-        spec = get_solver(name)
-        if spec.adaptive:
-            continue
-        budgets = spec.budgets(range(1, 61))
-        per = spec.evaluations_per_step()
-        if per is not None:  # the declared NFE per step, held against the budget rule
-            assert budgets == list(range(per, 61, per)), (name, budgets)
-        for nfe in range(1, 61):
-            model.reset()
-            if nfe in budgets:
-                sample(model, x_T, name, nfe=nfe, generator=torch.Generator().manual_seed(0))
-                assert model.nfe == nfe, (name, nfe, model.nfe)
-            else:
-                with pytest.raises(ValueError, match="valid budgets"):
-                    sample(model, x_T, name, nfe=nfe)
+    x_T = torch.randn(2, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    spec = get_solver(name)
+    budgets = spec.budgets(range(1, 61))
+    per = spec.evaluations_per_step()
+    if per is not None:  # the declared NFE per step, held against the budget rule
+        assert budgets == list(range(per, 61, per)), (name, budgets)
+    outcome = testing.check_exact_nfe(name, model, x_T, range(1, 61))
+    assert outcome.status == "pass" and outcome.detail.startswith(f"{len(budgets)} budgets of 1–60 spent exactly")
 
 
 def test_budgets_of_adaptive_and_with_bad_options():
@@ -176,9 +164,8 @@ def test_score_matches_log_density_gradient():
 def test_float32_and_batch_independence(problem):
     model, x_T, _ = problem
     for name in FIXED_ODE:
+        assert testing.check_batch_independent(name, model, x_T[:32], nfe=12).status == "pass"
         full = sample(model, x_T[:32], name, nfe=12)
-        part = sample(model, x_T[:8], name, nfe=12)
-        assert torch.allclose(full[:8], part, atol=1e-12), name
         x32 = sample(model, x_T[:32].float(), name, nfe=12)
         assert x32.dtype == torch.float32 and x32.shape == (32, 2)
         assert torch.allclose(x32.double(), full, atol=1e-4), name
@@ -263,5 +250,7 @@ if __name__ == "__main__":
     ref = reference_solution(model, x_T, 1.0, 1e-3, rtol=1e-11, atol=1e-11)
     print(f"{'solver':16s} declared  measured  RMSE at NFE {NFES}")
     for name in FIXED_ODE:
-        result, errors = measure_order(model, x_T, ref, name)
-        print(f"{name:16s} {get_solver(name).order:8g}  {result.order:8.3f}  " + " ".join(f"{e:.2e}" for e in errors))
+        curve = error_curve(model, x_T, ref, name)
+        result = testing.measure_order(name, model, x_T, curve=curve)
+        errors = " ".join(f"{e:.2e}" for e in curve.errors)
+        print(f"{name:16s} {get_solver(name).order:8g}  {result.order:8.3f}  {errors}")
