@@ -95,10 +95,11 @@ def weak_curve(spec, model: Model, x_T, budgets, options: dict, log_prob, exact,
         except (ValueError, RuntimeError) as e:
             b, se, note = math.nan, math.nan, problem(e)
         bias.append(b if math.isfinite(b) else math.nan), stderr.append(se), notes.append(note)
-    return _weak(tuple(budgets), bias, stderr, tuple(notes), len(x_T), exact_se)
+    return weak_errors(tuple(budgets), bias, stderr, tuple(notes), len(x_T), exact_se)
 
 
-def _weak(budgets: tuple, bias, stderr, notes: tuple, samples: int, exact_se: float) -> Curve:
+def weak_errors(budgets: tuple, bias, stderr, notes: tuple, samples: int, exact_se: float) -> Curve:
+    """The weak-error curve of signed biases with their standard errors (the floor: WEAK_FLOOR_SE of the largest)."""
     floor = WEAK_FLOOR_SE * max([s for s in stderr if math.isfinite(s)], default=0.0)
     return Curve("weak", budgets, tuple(abs(b) for b in bias), tuple(stderr), floor, 1.0, (), notes, tuple(bias),
                  samples, exact_se)
@@ -113,7 +114,7 @@ def pool(a: Curve, b: Curve) -> Curve:
     own = [math.sqrt(n * n * max(s * s - ex * ex, 0.0) + m * m * max(t * t - ex * ex, 0.0)) / (n + m)
            for s, t in zip(a.stderr, b.stderr)]  # the samples' own standard errors, then the shared exact one
     notes = tuple("; ".join(filter(None, p)) for p in zip(a.notes, b.notes))
-    return _weak(a.nfes, bias, [math.hypot(o, ex) for o in own], notes, n + m, ex)
+    return weak_errors(a.nfes, bias, [math.hypot(o, ex) for o in own], notes, n + m, ex)
 
 
 def error_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, reference=None, log_prob=None,

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .convergence import fit, order_band
+from .convergence import fit, in_band, order_band
 from .curves import ORDER_NFES, TOLERANCES, WEAK_NFES, Curve, error_curve, g
 from .model import Model
 from .outcomes import CheckFailed, Outcome, done, format_table
@@ -68,7 +68,7 @@ def check_order(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, curv
     what = f"weak order (E log p, {curve.samples:,} samples)" if curve.kind == "weak" else "order"
     declared = f"declared {spec.order:g}, band [{lo:g}, {hi:g}]"
     if result.ok:
-        ok = lo <= result.order <= hi
+        ok = in_band(result.order, spec.order)
         detail = f"{what} {result.order:.2f} [{result.lo:.2f}, {result.hi:.2f}] over NFE {result.nfe_range}, {declared}"
     else:
         ok, detail = False, f"{what} not measurable: {result.note}; {declared}"
@@ -127,7 +127,6 @@ def check_convergence(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *
     problems = _convergence_problems(curve)
     return done(Outcome(solver, "convergence", "FAIL" if problems else "pass", "; ".join([summary, *problems]),
                          curve.table(), value=e[-1], data={"curve": curve}))
-
 
 
 

@@ -234,3 +234,16 @@ def test_adaptive_solvers_converge_as_tolerances_tighten_and_batch_independence_
     assert outcomes["order"].status == outcomes["exact NFE"].status == "n/a"
     assert outcomes["determinism"].status == outcomes["finite"].status == "pass"
     assert math.isfinite(outcomes["convergence"].value)
+
+
+def test_pooled_weak_curves_average_the_biases_by_sample_count():
+    from solvers.curves import pool, weak_errors
+
+    a = weak_errors((10, 20), [0.4, -0.1], [0.02, 0.02], ("", ""), 100, 0.01)
+    b = weak_errors((10, 20), [0.2, 0.1], [0.03, 0.03], ("", ""), 300, 0.01)
+    both = pool(a, b)
+    assert both.samples == 400 and both.errors == pytest.approx((0.25, 0.05))
+    own = math.sqrt(100**2 * (0.02**2 - 0.01**2) + 300**2 * (0.03**2 - 0.01**2)) / 400
+    assert both.stderr[0] == pytest.approx(math.hypot(own, 0.01))
+    with pytest.raises(ValueError, match="same budgets"):
+        pool(a, weak_errors((10, 40), [0.4, 0.1], [0.02, 0.02], ("", ""), 100, 0.01))
