@@ -160,9 +160,14 @@ def check_solver(solver: str, model: Model, x_T: torch.Tensor, *, reference=None
         out += [Outcome(solver, "weak order", "n/a", why), Outcome(solver, "convergence", "n/a", why)]
         curve = None
     else:
-        curve = error_curve(solver, model, x_T, nfes, reference=reference, log_prob=log_prob, exact=exact, seed=seed,
-                            **options)
-        out.append(_outcome(check_order, solver, model, x_T, curve=curve, **options))
+        try:
+            curve = error_curve(solver, model, x_T, nfes, reference=reference, log_prob=log_prob, exact=exact,
+                                seed=seed, **options)
+            out.append(_outcome(check_order, solver, model, x_T, curve=curve, **options))
+        except ValueError as e:  # e.g. an adaptive solver without rtol/atol to tighten
+            status, why = "n/a" if spec.adaptive else "FAIL", f"could not measure: {e}"
+            out += [Outcome(solver, "weak order" if stochastic else "order", status, why),
+                    Outcome(solver, "convergence", status, why)]
     if spec.kind == "sde":
         out.append(check_strong_order(solver))
     sweep = None if spec.adaptive else sweep_budgets(solver, model, x_T[:2], seed=seed, **options)

@@ -247,3 +247,18 @@ def test_pooled_weak_curves_average_the_biases_by_sample_count():
     assert both.stderr[0] == pytest.approx(math.hypot(own, 0.01))
     with pytest.raises(ValueError, match="same budgets"):
         pool(a, weak_errors((10, 40), [0.4, 0.1], [0.02, 0.02], ("", ""), 100, 0.01))
+
+
+def test_an_adaptive_solver_without_tolerances_still_gets_its_other_checks(vp):
+    rm, x_T = vp
+
+    @solver("fixed_adaptive", order=1, adaptive=True)
+    def fixed_adaptive(model, x, grid, *, steps: int = 20):
+        times = torch.linspace(float(grid[0]), float(grid[-1]), steps + 1, dtype=F64)
+        for s, t in zip(times[:-1].tolist(), times[1:].tolist()):
+            x = x + (t - s) * model.ode_drift(x, s)
+        return x, times
+
+    outcomes = {o.check: o for o in testing.check_solver("fixed_adaptive", rm.model, x_T)}
+    assert outcomes["convergence"].status == "n/a" and "no rtol/atol" in outcomes["convergence"].detail
+    assert outcomes["determinism"].status == outcomes["finite"].status == "pass"
