@@ -1,5 +1,6 @@
 """`bench run` under torchrun with 2 CPU processes (gloo) gives the single-process table."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,5 +81,9 @@ def test_more_ranks_than_samples_is_refused_up_front(tmp_path):
     out = done.stdout + done.stderr
     assert done.returncode != 0
     assert "error: 2 ranks but fewer samples per cell for gmm2d (1): every rank needs a sample" in out, out[-3000:]
-    assert out.count("exitcode  : 2") == 2 and "Connection closed" not in out  # both ranks, no collective reached
+    # No collective reached: each rank exits 2 on its own, unless torchrun stopped the slower one (SIGTERM)
+    # after the first exit 2, which happens on a busy machine.
+    codes = re.findall(r"exitcode  : (-?\d+)", out)
+    assert len(codes) == 2 and "2" in codes and set(codes) <= {"2", "-15"}, codes
+    assert "Connection closed" not in out
     assert not (tmp_path / "run").exists()
