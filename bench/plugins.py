@@ -75,9 +75,7 @@ def load(plugin: str) -> str:
             raise PluginError(f"plugin {plugin!r}: no module named {e.name!r} (give a module path, a .py file or "
                               f"one of {', '.join(SHIPPED)})") from None
         raise _error(f"plugin {plugin!r}", e) from None
-    except Exception as e:  # noqa: BLE001  (any error in a plugin's own code is reported, named, in one line)
-        raise _error(f"plugin {plugin!r}", e) from None
-    except SystemExit as e:
+    except (Exception, SystemExit) as e:  # noqa: BLE001  (any error in a plugin's own code: named, one line)
         raise _error(f"plugin {plugin!r}", e) from None
     _loaded[key] = name
     return name

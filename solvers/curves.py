@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .model import Model
+from .noise import per_sample_generators
 from .ode import reference_solution
 from .outcomes import problem
 from .registry import get_solver, sample
@@ -35,8 +36,6 @@ def rms(x: torch.Tensor) -> float:
 
 def generator(stochastic: bool, seed: int, n: int | None = None):
     """None for a deterministic solver; one generator (or `n` per-sample generators) for a stochastic one."""
-    from .noise import per_sample_generators
-
     if not stochastic:
         return None
     return per_sample_generators(range(seed, seed + n)) if n else torch.Generator().manual_seed(seed)
