@@ -1,4 +1,4 @@
-"""Inception-v3 weights for FID/KID on 3x32x32 images, loaded without running pickled code.
+"""Inception-v3 weights for FID/KID on 3-channel images (any size), loaded without running pickled code.
 
 torch-fidelity's own Inception loader unpickles its weights file (`torch.load(weights_only=False)`),
 whether it is given a path or reads torch hub's cache, and checks no hash: a file placed there runs
@@ -25,7 +25,8 @@ class InceptionWeightsError(RuntimeError):
     """The Inception-v3 weights are missing, not a plain tensor state dict, or do not fit the network."""
 
 
-def _url() -> str:
+def url() -> str:
+    """Where torch-fidelity downloads its Inception-v3 weights from."""
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
     return URL_INCEPTION_V3
@@ -33,7 +34,7 @@ def _url() -> str:
 
 def hub_weights_path() -> pathlib.Path:
     """Where torch-fidelity's download lands: <torch hub dir>/checkpoints/<file name of its URL>."""
-    return pathlib.Path(torch.hub.get_dir()) / "checkpoints" / _url().rsplit("/", 1)[-1]
+    return pathlib.Path(torch.hub.get_dir()) / "checkpoints" / url().rsplit("/", 1)[-1]
 
 
 def weights_path(explicit=None, download: bool = True) -> pathlib.Path:
@@ -57,7 +58,7 @@ def weights_path(explicit=None, download: bool = True) -> pathlib.Path:
 
         path.parent.mkdir(parents=True, exist_ok=True)
         match = HASH_REGEX.search(path.name)
-        download_url_to_file(_url(), str(path), match.group(1) if match else None, progress=False)
+        download_url_to_file(url(), str(path), match.group(1) if match else None, progress=False)
     return path
 
 

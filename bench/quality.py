@@ -1,12 +1,16 @@
 """Sample-quality metrics, pure functions: sliced Wasserstein, MMD, and FID/KID through torch-fidelity.
 
 x and y are (N, ...) tensors, flattened to (N, D). FID (Heusel et al. 2017) and KID (Binkowski et
-al. 2018) use torch-fidelity's feature extractors and formulas: for 1x8x8 digits the penultimate
-features of the digit classifier (reference_models.features), for 3x32x32 images Inception-v3.
+al. 2018) use torch-fidelity's feature extractors and formulas: for 1x8x8 digits and 1x28x28 MNIST the
+penultimate features of a classifier (reference_models.features), for 3-channel images of any size
+Inception-v3. `extractor_problem` says, without downloading, whether an image shape has features;
+`sample_features` / `real_statistics` compute them (the real ones cached by content hash), and
+`Frechet.from_stats` scores against precomputed statistics.
 """
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 
 import numpy as np
@@ -108,25 +112,62 @@ class _Images(torch.utils.data.Dataset):
         return self.x[i]
 
 
-def _extractor_for(shape: tuple[int, ...], cache_dir, inception_weights) -> tuple[str, str | None, str, callable]:
-    """(torch-fidelity extractor name, weights path, cache tag, input conversion) for images of `shape`."""
-    if shape == (1, 8, 8):
+_CLASSIFIERS = {(1, 8, 8): "digits", (1, 28, 28): "mnist"}
+SUPPORTED_SHAPES = ("(1, 8, 8) digits (the digit classifier), (1, 28, 28) MNIST images (the MNIST classifier) and "
+                    "3-channel images (3, H, W) of any size (Inception-v3, which resizes them to 299x299)")
+
+
+class NoFeatureExtractor(ValueError):
+    """No FID/KID feature extractor for these samples (shape unsupported, or its weights or data are missing)."""
+
+
+class MissingExtractorFiles(NoFeatureExtractor, FileNotFoundError):
+    """The extractor exists for this shape but a file it needs (weights, training data) is not on disk."""
+
+
+def extractor_problem(shape, cache_dir=None, inception_weights=None) -> str | None:
+    """None when FID/KID features exist for samples of `shape`, else one line saying why not. Never downloads."""
+    shape = tuple(int(s) for s in shape)
+    if shape in _CLASSIFIERS:
         from reference_models import features
 
-        net_path = features.classifier_path(cache_dir)
-        features.load_classifier(cache_dir)  # trains and caches it on first use
-        name = features.register_with_torch_fidelity()
-        return name, str(net_path), features.fingerprint(net_path), lambda x: x.float().clamp(-1, 1)
-    if shape == (3, 32, 32):  # torch-fidelity's Inception-v3, its weights loaded without unpickling (bench.inception)
+        return features.mnist_problem(cache_dir) if _CLASSIFIERS[shape] == "mnist" else None
+    if len(shape) == 3 and shape[0] == 3 and min(shape) >= 1:
         from bench import inception
 
-        weights = inception.weights_path(inception_weights)  # explicit, env, else torch hub's cache (downloaded)
-        custom = weights != inception.hub_weights_path()
-        tag = "inception-v3-compat" + (f"-{_sha(weights)}" if custom else "")
-        to_uint8 = lambda x: ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # noqa: E731
-        return inception.register_with_torch_fidelity(), str(weights), tag, to_uint8
-    raise ValueError(f"no FID feature extractor for samples shaped {shape}; FID/KID are defined for (1, 8, 8) "
-                     "digits (the digit classifier) and (3, 32, 32) RGB images (Inception-v3)")
+        try:
+            inception.weights_path(inception_weights, download=False)
+        except FileNotFoundError as exc:
+            if inception_weights or os.environ.get(inception.WEIGHTS_ENV):
+                return f"no FID/KID for {shape} images: {exc}"
+            return (f"no FID/KID for {shape} images: Inception-v3's weights are not on disk; download "
+                    f"{inception.url()} into {inception.hub_weights_path().parent}/ (torch hub's checkpoints), or "
+                    f"put the file anywhere and set ${inception.WEIGHTS_ENV} to its path")
+        return None
+    return f"no FID feature extractor for samples shaped {shape}; FID/KID are defined for {SUPPORTED_SHAPES}"
+
+
+def _extractor_for(shape: tuple[int, ...], cache_dir, inception_weights) -> tuple[str, str | None, str, callable]:
+    """(torch-fidelity extractor name, weights path, cache tag, input conversion) for images of `shape`."""
+    problem = extractor_problem(shape, cache_dir, inception_weights)
+    if problem is not None:
+        raise (NoFeatureExtractor if problem.startswith("no FID feature extractor") else MissingExtractorFiles)(problem)
+    if shape in _CLASSIFIERS:
+        from reference_models import features
+
+        dataset = _CLASSIFIERS[shape]
+        net_path = features.classifier_path(cache_dir, dataset)
+        features.load_classifier(cache_dir, dataset=dataset)  # trains and caches it on first use
+        name = features.register_with_torch_fidelity(dataset)
+        return name, str(net_path), features.fingerprint(net_path), lambda x: x.float().clamp(-1, 1)
+    # 3 x H x W: torch-fidelity's Inception-v3, its weights loaded without unpickling (bench.inception)
+    from bench import inception
+
+    weights = inception.weights_path(inception_weights, download=False)
+    custom = weights != inception.hub_weights_path()
+    tag = "inception-v3-compat" + (f"-{_sha(weights)}" if custom else "")
+    to_uint8 = lambda x: ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # noqa: E731
+    return inception.register_with_torch_fidelity(), str(weights), tag, to_uint8
 
 
 def _sha(path) -> str:
@@ -143,9 +184,19 @@ def _features(x: torch.Tensor, extractor, device: str) -> torch.Tensor:
     return feats[extractor.features_list[0]]
 
 
-def _cached_real_features(real: torch.Tensor, path: pathlib.Path, compute) -> torch.Tensor:
-    """Features of `real`, read from `path` when it holds those of the same data (SHA-256), else computed and stored."""
+def _digest(x: torch.Tensor) -> str:
+    """SHA-256 of a tensor's content: dtype, shape and C-order bytes."""
     import hashlib
+
+    x = x.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{x.dtype}|{tuple(x.shape)}|".encode())
+    h.update(x.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _cached_real_features(real: torch.Tensor, path: pathlib.Path, compute) -> tuple[torch.Tensor, bool]:
+    """(features of `real`, cache hit): read from `path` when it holds those of the same data (SHA-256), else
+    computed and stored (safetensors, atomically)."""
     import sys
 
     from safetensors import SafetensorError
@@ -153,19 +204,68 @@ def _cached_real_features(real: torch.Tensor, path: pathlib.Path, compute) -> to
 
     from reference_models.checkpoints import atomic_write_bytes
 
-    digest = hashlib.sha256(real.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+    digest = _digest(real)
     if path.is_file():
         try:
             stored = load_file(str(path))
             if bytes(stored["sha256"].tolist()).hex() == digest:
-                return stored["features"]
+                return stored["features"], True
             print(f"samplerbench: {path} holds features of other data; recomputing", file=sys.stderr)
         except (SafetensorError, KeyError, OSError, ValueError) as exc:
             print(f"samplerbench: cached features {path} are unreadable ({exc}); recomputing", file=sys.stderr)
     feats = compute()
     tensors = {"features": feats.contiguous(), "sha256": torch.tensor(list(bytes.fromhex(digest)), dtype=torch.uint8)}
     atomic_write_bytes(path, save(tensors))
-    return feats
+    return feats, False
+
+
+def _extractor(shape, cache_dir, device, inception_weights, feature_layer):
+    """(torch-fidelity extractor, input conversion, cache tag naming the weights and the layer) for `shape`."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    from torch_fidelity.utils import create_feature_extractor
+
+    name, weights, tag, convert = _extractor_for(tuple(shape), cache_dir, inception_weights)
+    provided = FEATURE_EXTRACTORS_REGISTRY[name].get_provided_features_list()
+    layer = feature_layer or FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric("fid")
+    if layer not in provided:
+        raise ValueError(f"unknown feature layer {layer!r} for {name}; valid: {', '.join(provided)}")
+    extractor = create_feature_extractor(name, [layer], cuda=str(device).startswith("cuda"), verbose=False,
+                                         feature_extractor_weights_path=weights)
+    return extractor, convert, f"{tag}-{layer}"
+
+
+def _check_images(x, name: str, least: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or len(x) < least:
+        raise ValueError(f"{name} must be an image tensor shaped (N, C, H, W) with N >= {least}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contain NaN or Inf")
+
+
+def sample_features(x: torch.Tensor, cache_dir=None, device: str = "cpu", inception_weights=None,
+                    feature_layer: str | None = None) -> torch.Tensor:
+    """FID features (N, F) float64 of images `x` (N, C, H, W) in [-1, 1]; NoFeatureExtractor (a ValueError) when
+    there is none for their shape (see `extractor_problem`)."""
+    _check_images(x, "samples", 1)
+    extractor, convert, _ = _extractor(x.shape[1:], cache_dir, device, inception_weights, feature_layer)
+    return _features(convert(x.detach().cpu()), extractor, device).double()
+
+
+def real_statistics(real, cache_dir=None, device: str = "cpu", inception_weights=None,
+                    feature_layer: str | None = None) -> tuple[torch.Tensor, bool]:
+    """(features (N, F) float64 of the real images, cache hit). `real`: images (N, C, H, W) in [-1, 1], or a
+    RealData (all its images). Cached in <cache dir>/fidelity/real-<content hash>-<extractor tag>.safetensors,
+    keyed by the SHA-256 of the extractor's input tensor and the extractor's weights and layer."""
+    from reference_models.cache import cache_dir as resolve_cache
+    from reference_models.data_files import RealData
+
+    if isinstance(real, RealData):
+        real = real.all()
+    _check_images(real, "real", 2)
+    extractor, convert, tag = _extractor(real.shape[1:], cache_dir, device, inception_weights, feature_layer)
+    real_in = convert(real.detach().cpu())
+    path = resolve_cache(cache_dir) / "fidelity" / f"real-{_digest(real_in)[:16]}-{tag}.safetensors"
+    feats, hit = _cached_real_features(real_in, path, lambda: _features(real_in, extractor, device))
+    return feats.double(), hit
 
 
 def image_features(samples: torch.Tensor, real: torch.Tensor, cache_dir=None, device: str = "cpu",
@@ -173,15 +273,13 @@ def image_features(samples: torch.Tensor, real: torch.Tensor, cache_dir=None, de
                    feature_layer: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (float64) of `samples` and `real` (both (N, C, H, W) in [-1, 1]) under the FID extractor.
 
-    1x8x8: penultimate features of the digit classifier; 3x32x32: Inception-v3 pool features
-    (weights downloaded by torch-fidelity, or `inception_weights` / $SAMPLERBENCH_INCEPTION_WEIGHTS).
+    1x8x8 / 1x28x28: penultimate features of the digit / MNIST classifier; 3xHxW: Inception-v3 pool
+    features (weights in torch hub's cache, or `inception_weights` / $SAMPLERBENCH_INCEPTION_WEIGHTS;
+    never downloaded here: `extractor_problem` says what is missing).
     With `real_cache_name` the real features are cached under <cache dir>/fidelity, keyed by the
     extractor's weights and checked against the real data's hash. `feature_layer` overrides the
     extractor's layer (Inception: '64', '192', '768', '2048'; digits: 'penultimate').
     """
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-    from torch_fidelity.utils import create_feature_extractor
-
     from reference_models.cache import cache_dir as resolve_cache
 
     for name, x in (("samples", samples), ("real", real)):
@@ -191,19 +289,12 @@ def image_features(samples: torch.Tensor, real: torch.Tensor, cache_dir=None, de
         raise ValueError(f"samples {tuple(samples.shape[1:])} and real {tuple(real.shape[1:])} differ in shape")
     if not torch.isfinite(samples).all():
         raise ValueError("samples contain NaN or Inf")
-    name, weights, tag, convert = _extractor_for(tuple(samples.shape[1:]), cache_dir, inception_weights)
-    provided = FEATURE_EXTRACTORS_REGISTRY[name].get_provided_features_list()
-    layer = feature_layer or FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric("fid")
-    if layer not in provided:
-        raise ValueError(f"unknown feature layer {layer!r} for {name}; valid: {', '.join(provided)}")
-    tag = f"{tag}-{layer}"
-    extractor = create_feature_extractor(name, [layer], cuda=str(device).startswith("cuda"), verbose=False,
-                                         feature_extractor_weights_path=weights)
+    extractor, convert, tag = _extractor(samples.shape[1:], cache_dir, device, inception_weights, feature_layer)
     f_samples = _features(convert(samples.detach().cpu()), extractor, device)
     real_in = convert(real.detach().cpu())
     if real_cache_name:
         path = resolve_cache(cache_dir) / "fidelity" / f"{real_cache_name}-{tag}.safetensors"
-        f_real = _cached_real_features(real_in, path, lambda: _features(real_in, extractor, device))
+        f_real = _cached_real_features(real_in, path, lambda: _features(real_in, extractor, device))[0]
     else:
         f_real = _features(real_in, extractor, device)
     return f_samples.double(), f_real.double()
@@ -219,12 +310,34 @@ class Frechet:
 
     def __init__(self, real: torch.Tensor):
         r = real.double().cpu().numpy()
-        self.mu = r.mean(0)
-        self.cov = np.cov(r, rowvar=False)
+        self._set(r.mean(0), np.cov(r, rowvar=False))
+
+    @classmethod
+    def from_stats(cls, mu, sigma) -> "Frechet":
+        """FID against precomputed real statistics: feature mean `mu` (F,) and covariance `sigma` (F, F)."""
+        mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+        if mu.ndim != 1 or len(mu) < 1 or sigma.shape != (len(mu), len(mu)):
+            raise ValueError(f"FID statistics need mu shaped (F,) and sigma (F, F); got mu {mu.shape} and "
+                             f"sigma {sigma.shape}")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise ValueError("the FID statistics contain NaN or Inf")
+        self = cls.__new__(cls)
+        self._set(mu, sigma)
+        return self
+
+    def _set(self, mu: np.ndarray, cov: np.ndarray) -> None:
+        self.mu, self.cov = mu, np.atleast_2d(cov)
         w, v = np.linalg.eigh(self.cov)
         self.root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
+    @property
+    def dim(self) -> int:
+        return len(self.mu)
+
     def __call__(self, f: np.ndarray) -> float:
+        if f.ndim != 2 or f.shape[1] != self.dim:
+            raise ValueError(f"the samples' features are shaped {tuple(f.shape)} but the real statistics have "
+                             f"{self.dim} features; both must come from the same extractor and layer")
         mu, cov = f.mean(0), np.cov(f, rowvar=False)
         inner = np.linalg.eigvalsh(self.root @ cov @ self.root)
         value = ((mu - self.mu) ** 2).sum() + np.trace(cov) + np.trace(self.cov) - 2.0 * np.sqrt(np.clip(inner, 0, None)).sum()
