@@ -9,6 +9,7 @@ Inception-v3. `extractor_problem` says, without downloading, whether an image sh
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pathlib
@@ -131,7 +132,8 @@ def extractor_problem(shape, cache_dir=None, inception_weights=None) -> str | No
     if shape in _CLASSIFIERS:
         from reference_models import features
 
-        return features.mnist_problem(cache_dir) if _CLASSIFIERS[shape] == "mnist" else None
+        problem = features.mnist_problem(cache_dir) if _CLASSIFIERS[shape] == "mnist" else None
+        return None if problem is None else f"no FID/KID for {shape} images: {problem}"
     if len(shape) == 3 and shape[0] == 3 and min(shape) >= 1:
         from bench import inception
 
@@ -140,9 +142,10 @@ def extractor_problem(shape, cache_dir=None, inception_weights=None) -> str | No
         except FileNotFoundError as exc:
             if inception_weights or os.environ.get(inception.WEIGHTS_ENV):
                 return f"no FID/KID for {shape} images: {exc}"
-            return (f"no FID/KID for {shape} images: Inception-v3's weights are not on disk; download "
-                    f"{inception.url()} into {inception.hub_weights_path().parent}/ (torch hub's checkpoints), or "
-                    f"put the file anywhere and set ${inception.WEIGHTS_ENV} to its path")
+            hub = inception.hub_weights_path()
+            return (f"no FID/KID for {shape} images: Inception-v3's weights file {hub.name} is not on disk; "
+                    f"download it from {inception.url()} into {hub.parent}/ (torch hub's checkpoints directory), "
+                    f"or put it anywhere and set ${inception.WEIGHTS_ENV} to its path")
         return None
     return f"no FID feature extractor for samples shaped {shape}; FID/KID are defined for {SUPPORTED_SHAPES}"
 
@@ -159,7 +162,7 @@ def _extractor_for(shape: tuple[int, ...], cache_dir, inception_weights) -> tupl
         net_path = features.classifier_path(cache_dir, dataset)
         features.load_classifier(cache_dir, dataset=dataset)  # trains and caches it on first use
         name = features.register_with_torch_fidelity(dataset)
-        return name, str(net_path), features.fingerprint(net_path), lambda x: x.float().clamp(-1, 1)
+        return name, str(net_path), _sha(net_path), lambda x: x.float().clamp(-1, 1)
     # 3 x H x W: torch-fidelity's Inception-v3, its weights loaded without unpickling (bench.inception)
     from bench import inception
 
@@ -170,10 +173,30 @@ def _extractor_for(shape: tuple[int, ...], cache_dir, inception_weights) -> tupl
     return inception.register_with_torch_fidelity(), str(weights), tag, to_uint8
 
 
+def _stamp(path) -> tuple[str, int, int]:
+    """(path, size, mtime in ns): names one version of a file for the memos below."""
+    st = pathlib.Path(path).stat()
+    return str(path), st.st_size, st.st_mtime_ns
+
+
 def _sha(path) -> str:
+    return _sha_of(_stamp(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _sha_of(stamp) -> str:
     import hashlib
 
-    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(pathlib.Path(stamp[0]).read_bytes()).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=4)
+def _created(name: str, layer: str, cuda: bool, weights_stamp):
+    """One torch-fidelity extractor per (name, layer, device, weights file version): a sweep reuses it per cell."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    return create_feature_extractor(name, [layer], cuda=cuda, verbose=False,
+                                    feature_extractor_weights_path=weights_stamp[0])
 
 
 def _features(x: torch.Tensor, extractor, device: str) -> torch.Tensor:
@@ -222,15 +245,13 @@ def _cached_real_features(real: torch.Tensor, path: pathlib.Path, compute) -> tu
 def _extractor(shape, cache_dir, device, inception_weights, feature_layer):
     """(torch-fidelity extractor, input conversion, cache tag naming the weights and the layer) for `shape`."""
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-    from torch_fidelity.utils import create_feature_extractor
 
     name, weights, tag, convert = _extractor_for(tuple(shape), cache_dir, inception_weights)
     provided = FEATURE_EXTRACTORS_REGISTRY[name].get_provided_features_list()
     layer = feature_layer or FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric("fid")
     if layer not in provided:
         raise ValueError(f"unknown feature layer {layer!r} for {name}; valid: {', '.join(provided)}")
-    extractor = create_feature_extractor(name, [layer], cuda=str(device).startswith("cuda"), verbose=False,
-                                         feature_extractor_weights_path=weights)
+    extractor = _created(name, layer, str(device).startswith("cuda"), _stamp(weights))
     return extractor, convert, f"{tag}-{layer}"
 
 

@@ -73,7 +73,7 @@ class RealData:
         if self.range == AS_IS:
             return x.to(torch.float64)
         lo, hi = RANGES[self.range]
-        return ((x.to(torch.float64) - lo) * (2.0 / (hi - lo)) - 1.0).clamp(-1.0, 1.0).to(torch.float32)
+        return ((x.to(torch.float64) - lo) / ((hi - lo) / 2.0) - 1.0).clamp(-1.0, 1.0).to(torch.float32)
 
     def all(self) -> torch.Tensor:
         """Every item, mapped: images in [-1, 1] (float32), low-dimensional data as is (float64)."""
@@ -187,7 +187,7 @@ def _read_numpy(path) -> np.ndarray | FidStats:
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "pickle" in str(exc).lower():
             raise DataError(f"refusing {path}: it holds pickled objects, which are never loaded; save plain "
-                            "numeric arrays") from None
+                            f"numeric arrays; --data takes {FORMS}") from None
         raise DataError(f"cannot read {path}: {_one_line(exc)}; --data takes {FORMS}") from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise DataError(f"cannot read {path} (corrupt or not a numpy file: {_one_line(exc)}); --data takes "
@@ -198,8 +198,13 @@ def _read_torch(path) -> torch.Tensor | FidStats:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise DataError(f"refusing {path}: not plain tensors, it would need unpickling code "
-                        f"({_one_line(exc)[:100]})") from None
+        lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported" in ln]
+        reason = (lines[0].removeprefix("WeightsUnpickler error: ") if lines else _one_line(exc))[:90]
+        if reason.startswith("Unsupported global"):
+            raise DataError(f"refusing {path}: it holds pickled objects ({reason}), which are never loaded; "
+                            f"save plain tensors; --data takes {FORMS}") from None
+        raise DataError(f"cannot read {path}: not plain tensors (corrupt, or a pickle that weights_only loading "
+                        f"refuses: {reason}); --data takes {FORMS}") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot read {path} (corrupt or not a torch file: {_one_line(exc)}); --data takes "
                         f"{FORMS}") from None
