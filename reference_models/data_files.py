@@ -15,6 +15,7 @@ it is the hash of mu and sigma (float64 bytes).
 from __future__ import annotations
 
 import hashlib
+import numbers
 import pathlib
 import pickle
 import zipfile
@@ -85,11 +86,11 @@ class RealData:
         """n distinct items (n, *shape): the first n of a permutation drawn from `generator`."""
         if self.raw is None:
             raise DataError(f"{self.source} holds FID statistics (mu, sigma), which have no samples to draw")
-        if not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise DataError(f"the number of items to draw must be a positive integer, got {n!r}")
         if n > self.count:
             raise DataError(f"{self.source} has {self.count} {self.noun}; a cell needs {n} (--samples)")
-        idx = torch.randperm(self.count, generator=generator)[:n]
+        idx = torch.randperm(self.count, generator=generator)[:int(n)]
         return self._mapped(self.raw[idx])
 
 

@@ -352,3 +352,24 @@ def test_mnist_features_end_to_end_with_a_synthetic_training_set(tmp_path, monke
     with pytest.raises(ValueError, match="unknown classifier dataset 'cifar'; valid: digits, mnist"):
         features.classifier_path(tmp_path, "cifar")
 
+
+
+def _idx(path, array: np.ndarray) -> None:
+    """An MNIST idx file (big-endian magic: 0, 0, dtype 0x08 = uint8, number of axes; then the sizes)."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_splits_read_mnist_files_from_the_cache(tmp_path):
+    raw = tmp_path / "datasets" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    g = np.random.default_rng(4)
+    want = {}
+    for split, n in (("train", 12), ("t10k", 5)):
+        want[split] = g.integers(0, 256, (n, 28, 28)), g.integers(0, 10, n)
+        _idx(raw / f"{split}-images-idx3-ubyte", want[split][0])
+        _idx(raw / f"{split}-labels-idx1-ubyte", want[split][1])
+    x, y, xt, yt = features.CLASSIFIERS["mnist"].splits(tmp_path)
+    assert x.shape == (12, 1, 28, 28) and xt.shape == (5, 1, 28, 28)
+    assert torch.equal(x[:, 0], torch.from_numpy(want["train"][0]).float() / 127.5 - 1)
+    assert y.tolist() == want["train"][1].tolist() and yt.tolist() == want["t10k"][1].tolist()
