@@ -242,7 +242,7 @@ _TORCH_ONLY = (torch.bfloat16,)
 
 def _layout(path, data, shape) -> torch.Tensor:
     """(N, *shape) from (N, *shape), NHWC images, or (N, H, W) for one channel."""
-    arr = data.numpy() if isinstance(data, torch.Tensor) and data.dtype not in _TORCH_ONLY else data
+    arr = data.detach().numpy() if isinstance(data, torch.Tensor) and data.dtype not in _TORCH_ONLY else data
     if isinstance(arr, np.ndarray):
         if arr.dtype.kind not in "uif":
             raise DataError(f"{path} holds {arr.dtype} data; expected real numbers (integers or floats)")
@@ -250,7 +250,7 @@ def _layout(path, data, shape) -> torch.Tensor:
             arr = arr.astype(np.int64)
         x = torch.from_numpy(np.ascontiguousarray(arr))
     else:
-        x = data.float()  # bfloat16 and other types numpy lacks
+        x = data.detach().float()  # bfloat16 and other types numpy lacks
     got = tuple(x.shape)
     if len(got) == len(shape) + 1 and got[1:] == shape:
         return x
