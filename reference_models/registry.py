@@ -7,6 +7,8 @@ downloads and are meant for a GPU.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,22 +28,37 @@ class ReferenceModel:
     name: str
     model: Model  # ready to sample: schedule, prediction kind, evaluation counter
     shape: tuple[int, ...]  # one sample's shape
-    kind: str  # "exact" (closed-form score) or "trained"
+    kind: str  # "exact" (closed-form score), "trained" or "user" (a user's model, diffusers included)
     metric: str  # headline quality metric family: "2d" (SWD/MMD) or "image" (FID/KID)
-    data: Callable[[int, torch.Generator | None], torch.Tensor]  # n held-out real data points
+    # n held-out real data points; None: no real samples (a user's model without data, or statistics only)
+    data: Callable[[int, torch.Generator | None], torch.Tensor] | None = None
     mixture: GaussianMixture | None = None  # exact models: closed-form densities
     info: dict = field(default_factory=dict)  # trained models: the checkpoint's config (steps, seed, ...)
     # a second real sample, independent of `data`, for the noise floor (data vs data); default: `data` itself
     train_data: Callable[[int, torch.Generator | None], torch.Tensor] | None = None
+    sample_range: tuple[float, float] = (-1.0, 1.0)  # where samples live: DDPM pipelines -1..1, score_sde VE 0..1
+    fid_stats: object | None = None  # precomputed real statistics (mean, covariance) where the data are only those
+    fingerprint: str = ""  # sha256 hex of what makes the model: weights or mixture, config, schedule
+    source: str = ""  # the spec it came from: a registered name, "diffusers:PATH", "pkg.mod:make", "f.py:make"
+    real_data: object | None = None  # the reference_models.data_files.RealData its data were read from, if any
 
     def floor_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n real points independent of `data`'s draws: the training split where the model has one (digits),
         else fresh draws from the same source (generated 2-D sets, exact mixtures)."""
-        return (self.train_data or self.data)(n, generator)
+        draw = self.train_data or self.data
+        if draw is None:
+            raise ValueError(f"model {self.name!r} has no real data samples; give it some "
+                             "(reference_models.user_model(..., data=...) or --data PATH)")
+        return draw(n, generator)
 
     @property
     def schedule(self) -> Schedule:
         return self.model.schedule
+
+    @property
+    def schedule_name(self) -> str:
+        """The schedule's family label ("vp", "ve", "subvp", ...), the `schedule` column of a result row."""
+        return self.model.schedule.kind
 
 
 @dataclass(frozen=True)
@@ -132,8 +149,10 @@ def load(name: str, schedule: str = "vp", prediction: str = "eps", cache_dir=Non
         make, data = _EXACT[name]
         mixture = make()
         data = data or (lambda n, generator=None: mixture.sample(n, generator))
-        return ReferenceModel(name, mixture.model(make_schedule(schedule), prediction), mixture.shape, "exact",
-                              entry.metric, data, mixture, train_data=_TRAIN_DATA.get(name))
+        sched = make_schedule(schedule)
+        return ReferenceModel(name, mixture.model(sched, prediction), mixture.shape, "exact", entry.metric, data,
+                              mixture, train_data=_TRAIN_DATA.get(name), fingerprint=mixture_fingerprint(mixture, sched),
+                              source=name)
     from .train import load_trained
 
     den, config = load_trained(name, schedule, prediction, cache_dir=cache_dir, device=device,
@@ -144,4 +163,28 @@ def load(name: str, schedule: str = "vp", prediction: str = "eps", cache_dir=Non
             return den(x, t)
 
     return ReferenceModel(name, Model(fn, den.schedule, prediction), entry.shape, "trained", entry.metric,
-                          _trained_data(name), None, config, train_data=_TRAIN_DATA.get(name))
+                          _trained_data(name), None, config, train_data=_TRAIN_DATA.get(name),
+                          fingerprint=trained_fingerprint(config, den), source=name)
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, default=str).encode()
+
+
+def mixture_fingerprint(mixture: GaussianMixture, schedule: Schedule) -> str:
+    """sha256 of the mixture's means, weights and covariances (10 significant digits, so that last-bit differences of
+    the eigendecomposition between machines do not change it) and the schedule's description."""
+    covs = mixture.evecs @ torch.diag_embed(mixture.evals) @ mixture.evecs.transpose(1, 2)
+    h = hashlib.sha256(_canonical(schedule.describe()))
+    for t in (mixture.means, mixture.log_weights.exp(), covs):
+        h.update(" ".join(f"{v:.10g}" for v in t.flatten().tolist()).encode())
+    return h.hexdigest()
+
+
+def trained_fingerprint(config: dict, net: torch.nn.Module) -> str:
+    """sha256 of the checkpoint's config, the schedule's description and the weights (a retrained network differs)."""
+    from .user import state_digest
+
+    h = hashlib.sha256(_canonical({"config": config, "schedule": net.schedule.describe()}))
+    state_digest(net, h)
+    return h.hexdigest()
