@@ -48,8 +48,9 @@ def _layout(path_or_repo_id) -> tuple[str | None, str | None]:
             raise FileNotFoundError(f"{p} has no scheduler config (scheduler/scheduler_config.json or "
                                     "scheduler_config.json); the adapter needs the betas and the prediction type")
         return unet, sched
-    if p.is_absolute() or str(path_or_repo_id).startswith((".", "~")) or p.exists():
-        raise FileNotFoundError(f"no diffusers directory {p}")
+    text = str(path_or_repo_id)
+    if p.is_absolute() or text.startswith((".", "~")) or p.exists() or text.count("/") > 1 or "\\" in text:
+        raise FileNotFoundError(f"no diffusers directory {p}")  # not a hub id (NAME or OWNER/NAME) either
     return "unet", "scheduler"  # a hub repo id such as google/ddpm-cifar10-32 is a pipeline
 
 

@@ -250,7 +250,8 @@ def parse_spec(spec) -> tuple[str, str]:
 def resolve(spec: str, schedule: str = "vp", device="cpu", cache_dir=None, train: bool = True, progress: bool = True,
             data=None, data_range: str = "auto", prediction: str = "eps") -> ReferenceModel:
     """The ReferenceModel a spec names (see parse_spec). schedule and prediction apply to registered names only (a
-    user's model has its own); `data` (a path) replaces the model's real data. Errors: ModelSpecError, one line."""
+    user's model has its own; a factory places its model where it likes: device applies to the others); `data` (a
+    path) replaces the model's real data. Errors: ModelSpecError, one line (a bad `data` path: DataError)."""
     form, rest = parse_spec(spec)
     if form == "name":
         rec = load(rest, schedule, prediction, cache_dir=cache_dir, device=device, train=train, progress=progress)

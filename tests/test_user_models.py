@@ -145,6 +145,11 @@ def test_diffusers_fingerprint_follows_weights_and_configs(pipes, tmp_path):
     assert rm.resolve(f"diffusers:{pipes['eps']}").fingerprint == first
     assert pipelines.save_ddpm(tmp_path / "again").exists()  # the same weights elsewhere: the same model
     assert rm.resolve(f"diffusers:{tmp_path / 'again'}").fingerprint == first
+    shutil.copytree(pipes["eps"], tmp_path / "bin")  # the same weights in a .bin (read with weights_only=True)
+    (tmp_path / "bin" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    UNet2DModel.from_pretrained(pipes["eps"] / "unet").save_pretrained(tmp_path / "bin" / "unet", safe_serialization=False)
+    assert [f.suffix for f in (tmp_path / "bin" / "unet").glob("diffusion_pytorch_model.*")] == [".bin"]
+    assert rm.resolve(f"diffusers:{tmp_path / 'bin'}").fingerprint == first
     unet = UNet2DModel.from_pretrained(tmp_path / "again" / "unet")
     with torch.no_grad():
         unet.conv_out.bias[0] += 1e-3
@@ -234,6 +239,7 @@ def test_bad_specs_are_one_line_errors_naming_what_is_valid(tmp_path, pipes, mon
         "": ("empty", "MODULE:FACTORY"),
         "diffusers:": ("diffusers:PATH_OR_HUB_ID",),
         f"diffusers:{tmp_path / 'missing'}": ("no diffusers directory", "a pipeline directory"),
+        "diffusers:models/not/here": ("no diffusers directory", "a pipeline directory"),
         f"diffusers:{tmp_path / 'empty'}": ("no scheduler config", "a pipeline directory"),
         "diffusers:nobody/no-such-model": ("OSError", "hub id"),
         "no_such_module_xyz:make": ("cannot import no_such_module_xyz: ModuleNotFoundError",),
