@@ -22,8 +22,12 @@ DIR = "arrays"
 GRID_SAMPLES = 16
 
 
-def _safe(text: str) -> str:
+def safe_name(text: str) -> str:
+    """`text` as a file name: anything but letters, digits and _ . = - becomes _ (model names like a:b/c)."""
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(text))
+
+
+_safe = safe_name
 
 
 def group_dir(run_dir, model: str, schedule: str, prediction: str, seed: int) -> Path:
@@ -66,13 +70,16 @@ def load_cell(path: Path) -> tuple[Observation, torch.Tensor] | None:
     return obs, t.get("samples")
 
 
-def save_group(path: Path, real_points, exact, real_samples: torch.Tensor, seed: int, family: str) -> None:
+def save_group(path: Path, real_points, exact, real_samples: torch.Tensor, seed: int, family: str,
+               ref_points=None, fid_stats=None, ref_metric: str | None = None) -> None:
+    """What the group's cells are measured against: real points, exact statistics, the reference solution's points
+    (the data-free metric) and precomputed FID statistics (mu, sigma), with real samples to draw."""
     tensors = {"real_samples": real_samples.detach().cpu().float()}
-    if real_points is not None:
-        tensors["real_points"] = np.asarray(real_points, dtype=np.float64)
-    if exact is not None:
-        tensors["exact"] = np.asarray(exact, dtype=np.float64)
-    _save(path, tensors, {"seed": seed, "family": family})
+    named = {"real_points": real_points, "exact": exact, "ref_points": ref_points}
+    if fid_stats is not None:
+        named.update(fid_mu=fid_stats[0], fid_sigma=fid_stats[1])
+    tensors.update({k: np.asarray(v, dtype=np.float64) for k, v in named.items() if v is not None})
+    _save(path, tensors, {"seed": seed, "family": family, **({"ref_metric": ref_metric} if ref_metric else {})})
 
 
 def load_group(path: Path) -> tuple[Evaluator, torch.Tensor] | None:
@@ -81,9 +88,10 @@ def load_group(path: Path) -> tuple[Evaluator, torch.Tensor] | None:
         t, meta = _load(path)
     except Exception:
         return None
-    real = t["real_points"].numpy() if "real_points" in t else None
-    exact = t["exact"].numpy() if "exact" in t else None
-    return Evaluator(real, exact, int(meta.get("seed", 0)), meta.get("family", "2d")), t["real_samples"]
+    got = {k: t[k].numpy() if k in t else None for k in ("real_points", "exact", "ref_points", "fid_mu", "fid_sigma")}
+    stats = (got["fid_mu"], got["fid_sigma"]) if got["fid_mu"] is not None else None
+    return Evaluator(got["real_points"], got["exact"], int(meta.get("seed", 0)), meta.get("family", "2d"),
+                     ref_points=got["ref_points"], fid_stats=stats, ref_metric=meta.get("ref_metric")), t["real_samples"]
 
 
 def drawn_samples(run_dir, rows) -> tuple[dict, torch.Tensor | None, bool] | None:
@@ -106,4 +114,4 @@ def drawn_samples(run_dir, rows) -> tuple[dict, torch.Tensor | None, bool] | Non
         if got is not None and got[1] is not None:
             cells[(c["solver"], "adaptive" if nfe is None else str(nfe))] = got[1]
     image = evaluator.family == "image"
-    return cells, (None if image else real), image
+    return cells, (None if image or len(real) == 0 else real), image

@@ -23,7 +23,8 @@ from reference_models.threads import torch_threads
 from solvers import get_solver, list_solvers, per_sample_generators, reference_solution, sample
 
 from .baseline_store import BIAS_METRICS, ERROR_METRICS, table
-from .metrics import EXACT_REFERENCE_TOL, path_errors
+from .metrics import path_errors
+from .references import EXACT_TOL as EXACT_REFERENCE_TOL
 from .orders import fit
 
 MODELS = ("gmm2d", "gmm-digits")

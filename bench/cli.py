@@ -83,6 +83,28 @@ def names(kind: str, valid, allow_all: bool = False):
     return _named(parse, kind)
 
 
+def model_specs(valid):
+    """Comma-separated models: registered names from `valid()` ('all': every one), and a user's models given as
+    diffusers:PATH_OR_HUB_ID, MODULE:FACTORY or path/to/file.py:FACTORY (resolved later, when they are loaded).
+    Duplicates are dropped (order kept)."""
+
+    def parse(text: str) -> list[str]:
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("give at least one model")
+        known = list(valid())
+        if items == ["all"]:
+            return known
+        bad = [s for s in items if s not in known and ":" not in s]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown model {', '.join(map(repr, bad))}; valid: all, {', '.join(known)}, or a model of your own "
+                "as diffusers:PATH_OR_HUB_ID, MODULE:FACTORY or path/to/file.py:FACTORY")
+        return list(dict.fromkeys(items))
+
+    return _named(parse, "model")
+
+
 def writable_dir(text: str) -> Path:
     """A directory that exists and is writable, or can be created under a writable parent."""
     path = Path(text).expanduser()

@@ -1,5 +1,6 @@
-"""Per-cell metrics with their 95% intervals: path error against the reference solution, the exact NLL gap,
-and sample quality against real data.
+"""Per-cell metrics with their 95% intervals: path error against the reference solution, the distance of the
+samples' distribution to the reference solution's (no data needed), the exact NLL gap, and sample quality
+against real data.
 
 A cell's samples become an `Observation`: per-sample arrays (the points the distribution metrics use —
 2-D samples, or image features —, exact log-densities, squared and largest path errors). An `Evaluator`
@@ -17,14 +18,10 @@ import numpy as np
 import torch
 
 from reference_models import ReferenceModel
-from solvers import reference_solution, sample
 
 from . import intervals
 from .schema import METRICS, bounds
 
-# Trained models have no closed-form score: their reference is rk45 at this tolerance (issue 5).
-TRAINED_REFERENCE_TOL = 1e-6
-EXACT_REFERENCE_TOL = 1e-10
 # Exact samples that estimate E[log p_t_end] for the NLL gap: many, so that its noise is the sampler's.
 NLL_EXACT_SAMPLES = 20_000
 SWD_PROJECTIONS = 256
@@ -34,23 +31,6 @@ def path_errors(x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     """RMS over every coordinate of every sample, and the largest absolute coordinate error, of x - ref."""
     d = (x.double().cpu() - ref.double().cpu()).reshape(x.shape[0], -1)
     return {"error_rmse": float(d.pow(2).mean().sqrt()), "error_max": float(d.abs().max())}
-
-
-def reference(ref_model: ReferenceModel, x_T: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """High-accuracy PF-ODE solution from x_T at the schedule's default t_end, and how it was computed.
-
-    Exact models: scipy DOP853 in float64 at rtol = atol = 1e-10 (solvers.reference_solution).
-    Trained models: rk45 at rtol = atol = 1e-6 in the network's own dtype.
-    """
-    model = ref_model.model
-    start = model.nfe
-    if ref_model.kind == "exact":
-        x = reference_solution(model, x_T.double(), rtol=EXACT_REFERENCE_TOL, atol=EXACT_REFERENCE_TOL)
-        how = f"DOP853 float64 rtol=atol={EXACT_REFERENCE_TOL:g}"
-    else:
-        x = sample(model, x_T, solver="rk45", rtol=TRAINED_REFERENCE_TOL, atol=TRAINED_REFERENCE_TOL)
-        how = f"rk45 rtol=atol={TRAINED_REFERENCE_TOL:g}"
-    return x.double().cpu(), f"{how}, {model.nfe - start} evaluations"
 
 
 def log_density(ref_model: ReferenceModel, x: torch.Tensor) -> np.ndarray:
@@ -72,7 +52,7 @@ def exact_log_likelihood(ref_model: ReferenceModel, seed: int, n: int = NLL_EXAC
 class Observation:
     """Per-sample arrays of one cell (or of the reference solution, or of real data)."""
 
-    points: np.ndarray | None  # (n, D): 2-D samples or image features
+    points: np.ndarray | None  # (n, D): low-dimensional samples, image features, or pixels (no feature extractor)
     log_p: np.ndarray | None = None  # (n,): exact models
     sq_err: np.ndarray | None = None  # (n,): mean squared path error per sample
     max_err: np.ndarray | None = None  # (n,): largest absolute coordinate error per sample
@@ -88,19 +68,36 @@ class Observation:
 class Evaluator:
     """What a group's cells are measured against; gives each metric as a function of sample indices."""
 
-    def __init__(self, real_points: np.ndarray | None, exact: np.ndarray | None, seed: int, family: str):
+    def __init__(self, real_points: np.ndarray | None, exact: np.ndarray | None, seed: int, family: str,
+                 ref_points: np.ndarray | None = None, fid_stats: tuple[np.ndarray, np.ndarray] | None = None,
+                 ref_metric: str | None = None):
+        """`real_points`: real data in the space of `points` (None: no data); `ref_points`: the reference
+        solution's points, for the data-free metric `ref_metric`: "fd_ref" where points are image features,
+        "swd_ref" where they are samples or pixels (default: by `family`); `fid_stats`: precomputed (mu, sigma)
+        of real features, for FID where the real features are not at hand."""
         from . import quality as q
 
         self.family, self.seed, self.exact = family, seed, exact
         self.real = None if real_points is None else np.asarray(real_points, dtype=np.float64)
-        self._swd = self._mmd = self._fid = None
+        self.ref = None if ref_points is None else np.asarray(ref_points, dtype=np.float64)
+        self.fid_stats = fid_stats
+        self.ref_metric = None if self.ref is None else ref_metric or ("fd_ref" if family == "image" else "swd_ref")
+        if self.ref_metric not in (None, "fd_ref", "swd_ref"):
+            raise ValueError(f"unknown data-free metric {ref_metric!r}; valid: fd_ref, swd_ref")
+        self._mmd = self._fid = self._ref_fd = None
         if self.real is not None and family == "2d":
-            gen = torch.Generator().manual_seed(seed)
-            dirs = torch.randn(self.real.shape[1], SWD_PROJECTIONS, generator=gen, dtype=torch.float64)
-            self._dirs = (dirs / dirs.norm(dim=0, keepdim=True)).numpy()
             self._kernel = q.mmd_kernel(torch.from_numpy(self.real))
         if self.real is not None and family == "image":
             self._fid = q.Frechet(torch.from_numpy(self.real))
+        elif fid_stats is not None:
+            self._fid = q.Frechet.from_stats(*fid_stats)
+        if self.ref is not None and self.ref_metric == "fd_ref":
+            self._ref_fd = q.Frechet(torch.from_numpy(self.ref))
+
+    def _directions(self, dim: int) -> np.ndarray:
+        gen = torch.Generator().manual_seed(self.seed)
+        dirs = torch.randn(dim, SWD_PROJECTIONS, generator=gen, dtype=torch.float64)
+        return (dirs / dirs.norm(dim=0, keepdim=True)).numpy()
 
     def metrics(self, obs: Observation) -> list[str]:
         """The metrics this evaluator can measure on `obs`."""
@@ -111,6 +108,10 @@ class Evaluator:
             out.append("nll_gap")
         if obs.points is not None and self.real is not None:
             out += ["swd", "mmd"] if self.family == "2d" else ["fid", "kid"]
+        elif obs.points is not None and self._fid is not None:  # precomputed statistics: FID only
+            out.append("fid")
+        if obs.points is not None and self.ref is not None and obs.points.shape[1] == self.ref.shape[1]:
+            out.append(self.ref_metric)
         return out
 
     def statistic(self, obs: Observation, metric: str):
@@ -123,7 +124,11 @@ class Evaluator:
         if metric == "nll_gap":
             return lambda idx: float(self.exact[0] - pick(obs.log_p, idx).mean())
         if metric == "swd":
-            return self._swd_statistic(obs)
+            return self._swd_statistic(obs, self.real)
+        if metric == "swd_ref":
+            return self._swd_statistic(obs, self.ref)
+        if metric == "fd_ref":
+            return lambda idx: self._ref_fd(pick(obs.points, idx))
         if metric == "mmd":
             return self._mmd_statistic(obs)
         if metric == "fid":
@@ -133,12 +138,14 @@ class Evaluator:
             return lambda idx: kid_with_stderr(pick(obs.points, idx), self.real)[0]
         raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
 
-    def _swd_statistic(self, obs: Observation):
+    def _swd_statistic(self, obs: Observation, target: np.ndarray):
+        """Sliced Wasserstein of obs's points (resampled) to the fixed `target` points."""
         from .quality import projected_quantiles
 
-        proj = torch.from_numpy(obs.points @ self._dirs)
-        k = max(len(proj), len(self.real))
-        real = projected_quantiles(torch.from_numpy(self.real @ self._dirs), k)
+        dirs = self._directions(target.shape[1])
+        proj = torch.from_numpy(obs.points @ dirs)
+        k = max(len(proj), len(target))
+        real = projected_quantiles(torch.from_numpy(target @ dirs), k)
 
         def swd(idx):
             p = proj if idx is None else proj[torch.from_numpy(idx)]
@@ -195,16 +202,27 @@ class Evaluator:
         return intervals.paired(fa, fb, a.n, seed)
 
 
+def to_unit_range(ref_model: ReferenceModel, x: torch.Tensor) -> torch.Tensor:
+    """A model's image samples mapped from its sample range (diffusers' VE pipelines: [0, 1]) to [-1, 1], the
+    range of real data and of the feature extractors' input; low-dimensional samples unchanged."""
+    lo, hi = ref_model.sample_range
+    if ref_model.metric != "image" or (lo, hi) == (-1.0, 1.0):
+        return x
+    return (x - lo) * (2.0 / (hi - lo)) - 1.0
+
+
 def observe(ref_model: ReferenceModel, x: torch.Tensor, reference_x: torch.Tensor | None = None,
-            features=None) -> Observation:
-    """The per-sample arrays of samples `x`: points (2-D samples, or `features(x)` for images), exact
-    log-densities, and path errors against `reference_x` when given."""
+            features=None, model_samples: bool = True) -> Observation:
+    """The per-sample arrays of samples `x`: points (low-dimensional samples; for images `features(x)`, or the
+    pixels where there is no feature extractor), exact log-densities, and path errors against `reference_x` (in
+    the model's units). Images of the model (`model_samples`; not real data) are mapped to [-1, 1] first."""
     x = x.detach().cpu()
     obs = Observation(points=None)
-    if ref_model.metric == "2d":
-        obs.points = x.double().flatten(1).numpy()
-    elif features is not None:
-        obs.points = features(x)
+    shown = to_unit_range(ref_model, x) if model_samples else x
+    if ref_model.metric == "2d" or features is None:
+        obs.points = shown.double().flatten(1).numpy()
+    else:
+        obs.points = features(shown)
     if ref_model.mixture is not None:
         obs.log_p = log_density(ref_model, x)
     if reference_x is not None:

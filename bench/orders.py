@@ -9,6 +9,7 @@ import math
 
 import pandas as pd
 
+from .schema import REFERENCE_MARGIN
 from solvers.convergence import (  # noqa: F401  (re-exported: bench's callers use bench.orders.fit etc.)
     MIN_POINTS,
     MIN_SPAN,
@@ -37,17 +38,25 @@ def order_mark(result: OrderFit, declared: float, tol: float = ORDER_TOL) -> str
     return "warn (low)" if result.order < declared else "warn (high)"
 
 
+def _recorded_floor(g: pd.DataFrame) -> float:
+    if "reference_rmse" not in g:
+        return 0.0
+    rmse = pd.to_numeric(g["reference_rmse"], errors="coerce").max()
+    return float(REFERENCE_MARGIN * rmse) if pd.notna(rmse) else 0.0
+
+
 def order_table(rows: pd.DataFrame, declared: dict[str, float] | None = None, tol: float = ORDER_TOL,
                 by: tuple[str, ...] = ("model",), floors: dict | None = None) -> pd.DataFrame:
     """Measured vs declared order per (by..., solver) of the ok, fixed-budget deterministic rows.
 
     The declared order is the one the table recorded (`order` column), else `declared[solver]`.
-    `floors` maps a `by` key to the reference solution's own accuracy: errors below it are not fitted.
+    `floors` maps a `by` key to the reference solution's own accuracy: errors below it are not fitted; without
+    it, the floor is REFERENCE_MARGIN times the reference's estimated RMSE the rows recorded (`reference_rmse`).
     """
     ok = rows[(rows["status"] == "ok") & (rows["kind"] == "ode") & rows["nfe"].notna()]
     out = []
     for key, g in ok.groupby([*by, "solver"], sort=False, dropna=False):
-        floor = (floors or {}).get(key[:-1] if len(by) > 1 else key[0], 0.0)
+        floor = (floors or {}).get(key[:-1] if len(by) > 1 else key[0], _recorded_floor(g))
         result = fit(g["nfe"], g["error_rmse"], floor)
         recorded = pd.to_numeric(g["order"], errors="coerce").dropna() if "order" in g else pd.Series(dtype=float)
         dec = float(recorded.iloc[0]) if len(recorded) else float((declared or {}).get(key[-1], math.nan))

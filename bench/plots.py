@@ -345,6 +345,10 @@ def samples_figure(cells: dict, real: torch.Tensor | None, image: bool, title: s
             x = cells.get((solver, nfe))
             if x is not None and image:
                 ax.imshow(_image_grid(x), cmap="gray" if x.shape[1] == 1 else None, vmin=0, vmax=1)
+            elif x is not None and x.shape[1] == 1:  # one-dimensional samples: histograms
+                if real is not None:
+                    ax.hist(real[:, 0], bins=40, density=True, color="0.78")
+                ax.hist(x[:, 0], bins=40, density=True, histtype="step", color=solver_colour(solver))
             elif x is not None:
                 if real is not None:
                     ax.scatter(real[:, 0], real[:, 1], s=1, color="0.78", rasterized=True)

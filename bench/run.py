@@ -17,7 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import plugins, schema
-from .cli import MAX_SEED, integer, integers, names, writable_dir
+from .model_specs import DATA_RANGES
+from .references import reference_choice
+from .cli import MAX_SEED, integer, integers, model_specs, names, writable_dir
 
 PROG = "python -m bench run"
 DEFAULT_NFE = "6,10,20"
@@ -31,12 +33,24 @@ a 'skipped' row saying why. Adaptive solvers (rk45, dpm_solver_adaptive) take to
 NFE: they run once per (model, schedule, seed) at their default tolerances, with nfe <NA> and
 nfe_used the evaluations they made per sample.
 
+Models: registered names, and models of your own: diffusers:PATH_OR_HUB_ID (a UNet2DModel pipeline or
+a bare UNet with its scheduler config: DDPM-style discrete VP schedules with epsilon, sample or
+v_prediction, and score_sde's VE pipelines), MODULE:FACTORY or path/to/file.py:FACTORY (a callable
+returning reference_models.user_model(model, shape, data=None, name=None)). A user's model runs on its
+own schedule and prediction (--schedules applies to registered models); it is resolved and checked
+before anything is written. --data gives a model real data (images, tensors or FID statistics).
+
 Every solver of a (model, schedule, seed) group starts from the same prior noise; path errors are
-measured against a reference PF-ODE solution (DOP853 float64 for exact models, rk45 at 1e-6 for
-trained ones), cached in the model cache's references/ for later runs. Stochastic samplers get no
-path error. Quality: sliced
-Wasserstein and MMD to fresh data (2-D models), FID/KID to held-out data (image models), and for
-exact models the NLL gap (mean -log p_t_end of the samples minus that of 20000 exact draws).
+measured against a reference PF-ODE solution (--reference: DOP853 float64 for exact models, rk45 at
+1e-6 for networks on the CPU, adaptive DPM-Solver-23 at 1e-5 on CUDA), cached in the model cache's
+references/ under the model's fingerprint. The reference's own RMSE is estimated from a 10x looser
+solve (reference_rmse); a path error within 2x of it is marked "at reference accuracy" and is not
+used to fit orders. Stochastic samplers get no path error. Every model, with or without data, gets
+the distance of each cell's samples to the reference solution's samples: fd_ref (Frechet distance in
+the FID feature space) for images with a feature extractor, else swd_ref (sliced Wasserstein).
+Quality against data: sliced Wasserstein and MMD (low-dimensional models), FID/KID (images; 1x8x8
+through the digit classifier, 3-channel through Inception-v3 when its weights file is present), and
+for exact models the NLL gap (mean -log p_t_end of the samples minus that of 20000 exact draws).
 Cost: every cell's sampling is timed --repeats times after an untimed warm-up call; wall_s is the
 median and wall_spread the spread of those repetitions ((max - min) / median). Timings depend on
 the machine's load: other work on it slows cells and widens the spread, so compare timings of runs
@@ -82,8 +96,22 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("--solvers", type=names("solver", _solvers, allow_all=True), default=None,
                    help="'all' (default) or comma-separated solver names")
-    p.add_argument("--models", type=names("model", _models, allow_all=True), default=None,
-                   help="'all' or comma-separated model names (default: the default models of reference_models)")
+    p.add_argument("--models", type=model_specs(_models), default=None,
+                   help="'all' or comma-separated models: registered names, and models of your own as "
+                        "diffusers:PATH_OR_HUB_ID, MODULE:FACTORY or path/to/file.py:FACTORY (default: the default "
+                        "models of reference_models)")
+    p.add_argument("--data", action="append", default=None, metavar="[MODEL=]PATH",
+                   help="real data of a model: a folder of PNG/JPEG images, a .npz or .pt tensor, or FID statistics "
+                        "(mu, sigma) in a .npz; MODEL=PATH (comma-separated, or the option repeated) when the run has "
+                        "several models. Without data a model gets the metrics that need none")
+    p.add_argument("--data-range", choices=DATA_RANGES, default="auto",
+                   help="the range of --data images: auto (default: uint8 and image files 0..255, floats by their "
+                        "values), 0,255, 0,1 or -1,1")
+    p.add_argument("--reference", type=reference_choice, default="auto",
+                   help="how the reference PF-ODE solution is computed: auto (default: dop853 for exact models; rk45 "
+                        "on CPU and dpm_solver_adaptive on CUDA for networks), dop853 (scipy, float64, CPU), rk45 "
+                        "(scipy, the network's dtype) or dpm_solver_adaptive (on the model's device); NAME:TOL sets "
+                        "its tolerance")
     p.add_argument("--nfe", type=integers("NFE", 1), default=integers("NFE", 1)(DEFAULT_NFE),
                    help=f"NFE budgets of fixed-budget solvers (default {DEFAULT_NFE})")
     p.add_argument("--seeds", type=integers("seed", 0, MAX_SEED), default=[0],
@@ -112,24 +140,30 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     plugins.add_argument(p)
 
 
-def _config(args) -> dict:
-    """What makes two runs the same run: a run directory is resumed only with all of these equal."""
-    import reference_models
+def _config(args, planned) -> dict:
+    """What makes two runs the same run: a run directory is resumed only with all of these equal (a user's model
+    by its fingerprint, real data by its content hash)."""
     from solvers import list_solvers
 
-    models = args.models or list(reference_models.DEFAULT_MODELS)
-    return {"models": models, "schedules": args.schedules, "solvers": args.solvers or list_solvers(),
-            "nfe": args.nfe, "seeds": args.seeds, "samples": _samples_per_model(models, args.samples),
-            "repeats": args.repeats, "prediction": "eps"}
+    config = {"models": [p.spec for p in planned], "schedules": args.schedules,
+              "solvers": args.solvers or list_solvers(), "nfe": args.nfe, "seeds": args.seeds,
+              "samples": _samples_per_model(planned, args.samples), "repeats": args.repeats, "prediction": "eps"}
+    fingerprints = {p.name: p.fingerprint for p in planned if p.user}
+    data = {p.name: p.real.sha256 for p in planned if p.real is not None}
+    if fingerprints:
+        config["fingerprints"] = fingerprints
+    if data:
+        config["data"] = data
+    if args.reference != "auto":
+        config["reference"] = args.reference
+    return config
 
 
-def _samples_per_model(models: list[str], samples: int | None) -> dict[str, int]:
+def _samples_per_model(planned, samples: int | None) -> dict[str, int]:
     """Samples per cell of each model: --samples, else the sweep's default for the model's metric family."""
-    from reference_models.registry import describe
-
     from .sweep import DEFAULT_SAMPLES
 
-    return {m: samples or DEFAULT_SAMPLES[describe(m).metric] for m in models}
+    return {p.name: samples or DEFAULT_SAMPLES[p.metric] for p in planned}
 
 
 def _config_id(config: dict) -> str:
@@ -281,7 +315,23 @@ def _device_info(world) -> dict:
     return info
 
 
-def _start_manifest(run_dir: Path, manifest: dict, args, config: dict, world) -> dict:
+def _model_info(planned) -> dict:
+    """What the manifest records of each model: where it came from, and for a user's model its fingerprint,
+    schedule, prediction and real data."""
+    out = {}
+    for p in planned:
+        info = {"source": p.spec}
+        if p.user:
+            info.update(fingerprint=p.fingerprint, schedule=repr(p.record.schedule), prediction=p.prediction,
+                        shape=list(p.record.shape), sample_range=list(p.record.sample_range))
+        if p.real is not None or (p.user and "data" in p.record.info):
+            info["data"] = p.record.info.get("data") if p.user else {
+                "source": str(p.real.source), "sha256": p.real.sha256, "range": p.real.range, "count": p.real.count}
+        out[p.name] = info
+    return out
+
+
+def _start_manifest(run_dir: Path, manifest: dict, args, config: dict, world, planned) -> dict:
     """Write the manifest of a new run, or mark an existing one resumed; the provenance is this process's."""
     import reference_models
 
@@ -295,7 +345,8 @@ def _start_manifest(run_dir: Path, manifest: dict, args, config: dict, world) ->
         manifest = {"run_id": run_dir.name, "command": " ".join(["python -m bench"] + sys.argv[1:]), "started": now}
     manifest.update(config={**config, "batch_size": args.batch_size, "device": args.device,
                             "cache_dir": str(reference_models.cache_dir(args.cache_dir).resolve())},
-                    git_commit=_git_commit(), versions=_versions(), device=_device_info(world), plugins=plugins.loaded(),
+                    models=_model_info(planned), git_commit=_git_commit(), versions=_versions(),
+                    device=_device_info(world), plugins=plugins.loaded(),
                     load_average={"start": _load_average(), "end": None}, finished=None, report=None)
     write_json(run_dir / MANIFEST, manifest)
     return manifest
@@ -393,11 +444,32 @@ def _refuse(world, code: int, message: str) -> int:
     return code
 
 
+def _plan(args, world):
+    """The run's models, resolved and checked on every rank before anything is written; (planned, error)."""
+    import reference_models
+
+    from . import model_specs
+
+    specs = args.models or list(reference_models.DEFAULT_MODELS)
+    try:
+        planned = model_specs.plan(specs, args.schedules, model_specs.parse_data(args.data, specs), args.data_range,
+                                   device=str(world.device), cache_dir=args.cache_dir)
+        model_specs.check_samples(planned, _samples_per_model(planned, args.samples))
+    except model_specs.ModelArgumentError as e:
+        return None, f"{PROG}: error: {e}"
+    return planned, None
+
+
 def _run(args, world) -> int:
-    """Choose and check the run directory, lock it, write the manifest, sweep, finish (rank 0 writes)."""
+    """Resolve the models, choose and check the run directory, lock it, write the manifest, sweep, finish (rank 0
+    writes)."""
+    from . import model_specs
     from .sweep import Sweep, run_sweep
 
-    config = _config(args)
+    planned, error = _plan(args, world)
+    if error:  # every rank resolves the models and refuses on its own, before any collective (as below)
+        return _refuse(world, 2, error)
+    config = _config(args, planned)
     problem = _rank_problem(config, world)
     if problem:
         return _refuse(world, 2, problem)
@@ -411,10 +483,13 @@ def _run(args, world) -> int:
         if error:
             return _refuse(world, *error)
         if world.main:
-            manifest = _start_manifest(run_dir, manifest, args, config, world)
-        sweep = Sweep(config["models"], config["solvers"], args.nfe, args.seeds, args.schedules, samples=args.samples,
-                      batch_size=args.batch_size, cache_dir=args.cache_dir, run_id=run_dir.name, repeats=args.repeats)
-        df = run_sweep(sweep, run_dir, world, progress=not args.quiet, retry_failed=args.retry_failed)
+            manifest = _start_manifest(run_dir, manifest, args, config, world, planned)
+        sweep = Sweep([p.name for p in planned], config["solvers"], args.nfe, args.seeds, args.schedules,
+                      samples=args.samples, batch_size=args.batch_size, cache_dir=args.cache_dir, run_id=run_dir.name,
+                      repeats=args.repeats, reference=args.reference,
+                      model_schedules={p.name: (p.schedules, p.prediction) for p in planned if p.user})
+        df = run_sweep(sweep, run_dir, world, loader=model_specs.loader(planned), progress=not args.quiet,
+                       retry_failed=args.retry_failed)
         if world.main:
             _finish(args, df, run_dir, manifest)
     return 0

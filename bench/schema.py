@@ -14,7 +14,7 @@ import pandas as pd
 @dataclass(frozen=True)
 class Metric:
     label: str
-    family: str  # "error" (against the reference solution) or "quality" (against real data)
+    family: str  # "error" (against the reference solution: no data needed) or "quality" (against real data)
     interval: str  # "bootstrap" over the cell's samples, or "stderr" (normal, 1.96 standard errors)
     signed: bool = False  # the value is signed and its size is the quality (the NLL gap)
     unit: str = ""
@@ -30,9 +30,14 @@ METRICS = {
     "kid": Metric("KID", "quality", "stderr"),
     "swd": Metric("sliced Wasserstein", "quality", "bootstrap", unit="data units"),
     "mmd": Metric("MMD", "quality", "stderr"),
+    # the distance of the samples' distribution to the reference solution's samples (same x_T), no data needed:
+    # Frechet distance in the FID feature space for images with a feature extractor, else sliced Wasserstein
+    "fd_ref": Metric("FD to reference samples", "error", "bootstrap"),
+    "swd_ref": Metric("SWD to reference samples", "error", "bootstrap", unit="data units"),
 }
-# Headline quality per model, in order of preference.
-HEADLINE = ("fid", "nll_gap", "swd", "mmd")
+# Headline quality per model, in order of preference: against data where there are data, else the data-free one.
+HEADLINE = ("fid", "nll_gap", "swd", "mmd", "fd_ref", "swd_ref")
+DATA_FREE = ("fd_ref", "swd_ref")
 LABELS = {m: d.label for m, d in METRICS.items()}
 
 
@@ -59,9 +64,14 @@ COLUMNS = {
     # cost: medians over `repeats` timed repetitions; spread = (max - min) / median
     "repeats": "Int64", "wall_s": "float64", "wall_spread": "float64", "wall_per_sample_s": "float64",
     "model_s": "float64", "peak_mem_mb": "float64",
-    # metrics (error: against the high-accuracy reference solution from the same x_T, ODE solvers only)
+    # metrics (error: against the high-accuracy reference solution from the same x_T; path errors of ODE solvers
+    # only, the distance to the reference samples for every solver)
     **{c: "float64" for m in METRICS for c in (m, *bounds(m))},
+    # the reference solution's own estimated RMSE: a path error within REFERENCE_MARGIN times it is marked
+    # "at reference accuracy" in the message and is not used to fit orders
+    "reference_rmse": "float64",
 }
+REFERENCE_MARGIN = 2.0
 STATUSES = ("ok", "failed", "skipped")
 
 # Group-level rows (one per model, schedule, prediction, seed, source, metric): the quality of the

@@ -12,7 +12,7 @@ from .counterparts import COUNTERPARTS
 from .formatting import fmt, nfe_text
 from .render import Section, Table
 from .report_input import Run
-from .schema import LABELS
+from .schema import DATA_FREE, LABELS
 
 SPREAD_WARN = 0.10  # timing spread (max - min) / median above which a cell's wall-clock is flagged
 
@@ -157,6 +157,10 @@ def target_section(rows: pd.DataFrame, metrics: dict, groups: pd.DataFrame, tole
         "it too. Without a reference quality (old runs, or no ODE solver in the run) the section says so."])
     for group, metric in metrics.items():
         if metric is None:
+            continue
+        if metric in DATA_FREE:
+            sec.blocks.append(f"{group}: no real data; its headline, the {LABELS[metric]}, measures the distance to "
+                              "the reference itself (give --data for a quality target).")
             continue
         ref = verdicts.group_values(groups, group, "reference", metric)
         if not math.isfinite(ref[0]):

@@ -26,7 +26,7 @@ import reference_models
 from reference_models import ReferenceModel
 from solvers import get_solver, per_sample_generators, sample
 
-from . import arrays, metrics, quality, schema
+from . import arrays, metrics, quality, references, schema
 from .dist import World
 from .group_rows import write_group_rows
 from .store import Journal, atomic_write, write_tables
@@ -35,8 +35,8 @@ from .store import Journal, atomic_write, write_tables
 DEFAULT_SAMPLES = {"2d": 1000, "image": 200}
 # Streams of per-sample seeds: prior noise, solver noise, real data, the noise floor's second real draw.
 XT, NOISE, REAL, FLOOR = 0, 1, 2, 3
-REFERENCE_CHUNKS = 8
-GROUPS = "groups.parquet"  # group rows: reference quality and noise floor  # the reference solution is computed in pieces, for its progress bar
+REFERENCE_CHUNKS = 8  # the reference solution is computed in up to this many pieces, for its progress bar,
+REFERENCE_CHUNK_MIN = 32  # of at least this many samples each (a network evaluates a batch in about the same time)
 
 
 @dataclass(frozen=True)
@@ -76,16 +76,20 @@ class Sweep:
     cache_dir: str | None = None
     run_id: str = ""
     repeats: int = 3  # timed repetitions of every cell: wall_s is their median
+    reference: str = "auto"  # how the reference solution is computed (bench.references)
+    # a user's models: name -> (their schedule labels, their prediction kind); others take schedules and prediction
+    model_schedules: dict = field(default_factory=dict)
 
     def cells(self) -> list[Cell]:
         """The grid, grouped by (model, schedule, seed) so that each group loads its model once."""
         out = []
         for m in self.models:
-            for sch in self.schedules:
+            schedules, prediction = self.model_schedules.get(m, (self.schedules, self.prediction))
+            for sch in schedules:
                 for seed in self.seeds:
                     for s in self.solvers:
                         budgets = [None] if get_solver(s).adaptive else self.nfes
-                        out += [Cell(m, sch, self.prediction, s, n, seed) for n in budgets]
+                        out += [Cell(m, sch, prediction, s, n, seed) for n in budgets]
         return out
 
 
@@ -152,21 +156,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def reference_path(cache_dir, cell: Cell, ref: ReferenceModel, n: int) -> Path:
+def reference_path(cache_dir, cell: Cell, ref: ReferenceModel, n: int, method: tuple[str, float]) -> Path:
     """Where a group's reference solution is cached: the model cache, keyed by the model's fingerprint.
 
-    The fingerprint is the checkpoint's config for trained models and the mixture's parameters for
-    exact ones, with the reference tolerances, so a later run reuses the solution and a retrained or
-    refitted model never does. The file also holds x_T, which is compared before use.
+    The fingerprint (reference_models: the weights, the checkpoint's config or the mixture's parameters,
+    with the schedule) and the reference method and tolerance name the file, so a later run reuses the
+    solution and a changed model never does. The file also holds x_T, which is compared before use.
     """
-    key = hashlib.sha256(json.dumps({"info": ref.info, "tol": [metrics.EXACT_REFERENCE_TOL,
-                                                                 metrics.TRAINED_REFERENCE_TOL]},
+    key = hashlib.sha256(json.dumps({"fingerprint": ref.fingerprint, "info": ref.info, "method": list(method)},
                                     sort_keys=True, default=str).encode())
     if ref.mixture is not None:
         for t in (ref.mixture.means, ref.mixture.evals, ref.mixture.evecs, ref.mixture.log_weights):
             key.update(t.contiguous().numpy().tobytes())
     name = f"{cell.model}-{cell.schedule}-{cell.prediction}-seed{cell.seed}-n{n}-{key.hexdigest()[:16]}.safetensors"
-    return reference_models.cache_dir(cache_dir) / "references" / name
+    return reference_models.cache_dir(cache_dir) / "references" / arrays.safe_name(name)
 
 
 class Group:
@@ -190,10 +193,11 @@ class Group:
         self.x_T = self.ref.schedule.prior_sample((len(self.shard), *self.ref.shape),
                                                   per_sample_generators(sample_seeds(self.seed, XT, self.shard)),
                                                   device=world.device)
-        self.reference, self.reference_note = None, ""
+        self.reference, self.reference_note, self.reference_rmse = None, "", math.nan
+        self.method = references.method(sweep.reference, self.ref, world.device)
         if needs_reference:
-            path = reference_path(sweep.cache_dir, cell, self.ref, self.n)
-            self.reference, self.reference_note = self._reference(path, progress)
+            path = reference_path(sweep.cache_dir, cell, self.ref, self.n, self.method)
+            self.reference, self.reference_note, self.reference_rmse = self._reference(path, progress)
         self.rows: list[dict] = []
         if world.main:
             self._measure_against(sweep)
@@ -201,39 +205,74 @@ class Group:
     def _measure_against(self, sweep: Sweep) -> None:
         """Rank 0: real data, the evaluator, and the group rows: quality of the reference solution and of an
         independent real draw (the noise floor), with intervals; the group's arrays go to the run directory."""
-        real = self.ref.data(self.n, torch.Generator().manual_seed(sample_seeds(self.seed, REAL, [0])[0]))
-        self.features = None
+        real, floor = self._real_data()
+        fid_stats = getattr(self.ref, "fid_stats", None)
+        self.features, self.quality_note = None, ""
+        if real is None and fid_stats is None:
+            self.quality_note = "no data: quality against data not measured (give --data)"
         if self.ref.metric == "image":
-            name = f"{self.ref.name}-real-n{self.n}-seed{self.seed}"
-            self.features = lambda x: quality.image_features(
-                x, real, cache_dir=sweep.cache_dir, device=str(self.world.device), real_cache_name=name)[0].numpy()
-        self.quality_note = ""
-        try:
-            real_points = metrics.observe(self.ref, real, features=self.features).points
-        except ValueError as e:  # no feature extractor for this shape: the error metrics are still measured
-            self.features, real_points, self.quality_note = None, None, f"no FID/KID: {e}"
+            problem = quality.extractor_problem(tuple(self.ref.shape), sweep.cache_dir)
+            if problem is None:
+                self.features = lambda x: quality.sample_features(x, cache_dir=sweep.cache_dir,
+                                                                  device=str(self.world.device)).numpy()
+            elif real is not None or fid_stats is not None:
+                self.quality_note = f"no FID/KID: {problem}"
+        real_points = None
+        if real is not None and (self.ref.metric == "2d" or self.features is not None):
+            real_points = (real.double().flatten(1).numpy() if self.features is None else quality.real_statistics(
+                real, cache_dir=sweep.cache_dir, device=str(self.world.device))[0].numpy())
+        stats = None
+        if fid_stats is not None and self.features is not None:
+            stats = (fid_stats.mu, fid_stats.sigma)
+        ref_points = None
+        if self.reference is not None:
+            ref_points = metrics.observe(self.ref, self.reference.float(), features=self.features).points
         exact = metrics.exact_log_likelihood(self.ref, self.seed) if self.ref.mixture is not None else None
-        self.evaluator = metrics.Evaluator(real_points, exact, self.seed, self.ref.metric)
-        floor_gen = torch.Generator().manual_seed(sample_seeds(self.seed, FLOOR, [0])[0])
-        sources = {"data": (self.ref.floor_data(self.n, floor_gen), "independent real draw of the same size")}
+        ref_metric = "fd_ref" if self.features is not None else "swd_ref"
+        self.evaluator = metrics.Evaluator(real_points, exact, self.seed, self.ref.metric, ref_points=ref_points,
+                                           fid_stats=stats, ref_metric=ref_metric)
+        sources = {}
+        if floor is not None and (real_points is not None or exact is not None):
+            sources["data"] = (floor, "independent real draw of the same size")
         if self.reference is not None:
             sources["reference"] = (self.reference.float(), self.reference_note)
         for source, (x, note) in sources.items():
-            obs = metrics.observe(self.ref, x, features=self.features)
+            obs = metrics.observe(self.ref, x, features=self.features, model_samples=source == "reference")
             if source == "data" and exact is not None:  # the NLL gap's floor: exact draws against exact draws
                 obs.log_p = metrics.log_density(self.ref, self.ref.mixture.sample(
-                    self.n, floor_gen, schedule=self.ref.schedule, t=self.ref.schedule.default_t_end,
+                    self.n, self._floor_gen, schedule=self.ref.schedule, t=self.ref.schedule.default_t_end,
                     dtype=torch.float64))
             values = self.evaluator.measure(obs, self.seed)
             self.rows += [{**dict(zip(("model", "schedule", "prediction", "seed"), self.cell.group)), "source": source, "metric": m,
                            "value": values[m], "lo": values[schema.bounds(m)[0]], "hi": values[schema.bounds(m)[1]],
-                           "samples": self.n, "note": note} for m in values if m in schema.METRICS]
+                           "samples": self.n, "note": note} for m in values
+                          if m in schema.METRICS and m not in schema.DATA_FREE]
         path = arrays.group_dir(self.run_dir, *self.cell.group) / "group.safetensors"
-        arrays.save_group(path, real_points, exact, real if self.ref.metric == "2d" else real[:arrays.GRID_SAMPLES],
-                          self.seed, self.ref.metric)
+        shown = real if real is not None else torch.zeros((0, *self.ref.shape))
+        arrays.save_group(path, real_points, exact, shown if self.ref.metric == "2d" else shown[:arrays.GRID_SAMPLES],
+                          self.seed, self.ref.metric, ref_points=ref_points, fid_stats=stats, ref_metric=ref_metric)
+
+    def _real_data(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(real data, the noise floor's independent real draw) of n points each; None where there are none.
+
+        Files of real data (--data) are finite: the floor's draw is disjoint from the data's, so it is made
+        only where the files hold 2n items."""
+        real_gen = torch.Generator().manual_seed(sample_seeds(self.seed, REAL, [0])[0])
+        self._floor_gen = torch.Generator().manual_seed(sample_seeds(self.seed, FLOOR, [0])[0])
+        if self.ref.data is None:
+            return None, None
+        files = getattr(self.ref, "real_data", None)
+        if files is not None:
+            if files.count >= 2 * self.n:
+                both = files.draw(2 * self.n, real_gen)
+                return both[:self.n], both[self.n:]
+            return files.draw(self.n, real_gen), None
+        return self.ref.data(self.n, real_gen), self.ref.floor_data(self.n, self._floor_gen)
 
     def _reference(self, path: Path, progress: bool):
-        """The reference solution from this group's x_T, from the model cache or computed (sharded)."""
+        """(reference solution from this group's x_T, how it was made, its estimated RMSE), from the model cache
+        or computed (sharded)."""
+        from safetensors import safe_open
         from safetensors.torch import load_file, save_file
 
         x_T = self.world.gather(self.x_T.cpu())
@@ -241,40 +280,48 @@ class Group:
         if self.world.main and path.exists():
             try:
                 saved = load_file(path)
+                with safe_open(str(path), "pt") as f:
+                    meta = f.metadata() or {}
                 if torch.equal(saved["x_T"], x_T):
-                    cached = saved["x_0"]
+                    cached = (saved["x_0"], meta.get("method", "cached"), float(meta.get("reference_rmse", "nan")))
             except Exception as e:  # a corrupt cache file is recomputed, never half-used
                 tqdm.write(f"recomputing the reference solution: {path} is unreadable ({e})")
-        if self.world.broadcast(cached is not None):
-            return cached, "cached"
+        cached = self.world.broadcast(cached)
+        if cached is not None:
+            return cached[0], f"cached: {cached[1]}", cached[2]
         try:
             x, how = self._solve_reference(progress)
+            sq = references.accuracy(self.ref, self.x_T, x, *self.method) ** 2 * min(len(x), references.CHECK_SAMPLES)
             err = None
         except Exception as e:
-            x, how, err = torch.zeros(self.x_T.shape, dtype=torch.float64), "", f"{type(e).__name__}: {e}"
-        errs = [m for m in self.world.gather_objects(err) if m]
+            x, how, sq, err = torch.zeros(self.x_T.shape, dtype=torch.float64), "", 0.0, f"{type(e).__name__}: {e}"
+        reports = self.world.gather_objects((err, sq, min(len(x), references.CHECK_SAMPLES)))
+        errs = [e for e, _, _ in reports if e]
         x = self.world.gather(x)
         self.model.reset()
         if errs:
-            return None, f"no reference solution ({errs[0]})"
+            return None, f"no reference solution ({errs[0]})", math.nan
+        count = sum(k for _, _, k in reports)
+        rmse = math.sqrt(sum(s for _, s, _ in reports) / count) if count else math.nan
+        how = f"{how}; estimated RMSE {rmse:.2g} (vs {references.CHECK_FACTOR:g}x looser tolerance)"
         if self.world.main:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda p: save_file({"x_T": x_T.contiguous(), "x_0": x.contiguous()}, p,
-                                                    metadata={"method": how}))
-        return x, how
+                                                    metadata={"method": how, "reference_rmse": repr(rmse)}))
+        return x, how, rmse
 
     def _solve_reference(self, progress: bool) -> tuple[torch.Tensor, str]:
         """The reference in REFERENCE_CHUNKS pieces, with its own progress bar (it can take a minute)."""
-        pieces = torch.arange(len(self.x_T)).chunk(REFERENCE_CHUNKS) if len(self.x_T) else []
-        outs, hows = [], []
+        count = max(1, min(REFERENCE_CHUNKS, len(self.x_T) // REFERENCE_CHUNK_MIN))  # networks: batches, not singles
+        pieces = torch.arange(len(self.x_T)).chunk(count) if len(self.x_T) else []
+        outs = []
         bar = tqdm(pieces, desc=f"reference solution {self.cell.model}/{self.cell.schedule}", unit="chunk",
                    leave=False, disable=not (progress and self.world.main), dynamic_ncols=True)
+        start = self.model.nfe
         for idx in bar:
-            x, how = metrics.reference(self.ref, self.x_T[idx])
-            outs.append(x)
-            hows.append(how)
-        method = hows[0].rsplit(",", 1)[0] if hows else "no samples"
-        return (torch.cat(outs) if outs else self.x_T.double().cpu()), f"{method}, in {len(outs)} chunk(s)"
+            outs.append(references.solve(self.ref, self.x_T[idx], *self.method))
+        how = references.describe(*self.method, round((self.model.nfe - start) / max(len(outs), 1)))
+        return (torch.cat(outs) if outs else self.x_T.double().cpu()), f"{how} per chunk, {len(outs)} chunk(s)"
 
 
 def run_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep) -> dict | None:
@@ -370,8 +417,8 @@ def score(row: dict, x: torch.Tensor, group: Group, stochastic: bool) -> dict:
     try:
         obs = metrics.observe(group.ref, x, reference, features=group.features)
         row.update(group.evaluator.measure(obs, group.seed))
-        arrays.save_cell(arrays.cell_path(group.run_dir, *group.cell.group, row["solver"], row["nfe"]), obs, x,
-                         image=group.ref.metric == "image")
+        arrays.save_cell(arrays.cell_path(group.run_dir, *group.cell.group, row["solver"], row["nfe"]), obs,
+                         metrics.to_unit_range(group.ref, x), image=group.ref.metric == "image")
     except Exception as e:
         return {**row, "status": "failed", "message": f"metrics: {type(e).__name__}: {e}"}
     values = {k: row.get(k) for k in schema.METRICS}
@@ -379,6 +426,11 @@ def score(row: dict, x: torch.Tensor, group: Group, stochastic: bool) -> dict:
         bad = ", ".join(k for k, v in values.items() if v is not None and not math.isfinite(v))
         return {**row, "status": "failed", "message": f"non-finite metric(s): {bad}"}
     notes = [group.reference_note if group.reference is None and not stochastic else "", group.quality_note]
+    if not stochastic and group.reference is not None:
+        row["reference_rmse"] = group.reference_rmse
+        if references.at_reference_accuracy(row.get("error_rmse", math.nan), group.reference_rmse):
+            notes.insert(0, f"at reference accuracy: error {row['error_rmse']:.2g} within {references.MARGIN:g}x the "
+                            f"reference's estimated {group.reference_rmse:.2g}")
     return {**row, "status": "ok", "message": "; ".join(n for n in notes if n)}
 
 

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import pathlib
@@ -223,7 +224,8 @@ def attach_data(rec: ReferenceModel, real) -> ReferenceModel:
     rec.fid_stats = getattr(real, "fid_stats", None)
     rec.train_data = None
     rec.real_data = real
-    rec.info = {**rec.info, "data": {"sha256": getattr(real, "sha256", None), "count": getattr(real, "count", None)}}
+    rec.info = {**rec.info, "data": {"source": str(getattr(real, "source", "")), "sha256": getattr(real, "sha256", None),
+                                     "range": getattr(real, "range", None), "count": getattr(real, "count", None)}}
     return rec
 
 
@@ -250,7 +252,8 @@ def parse_spec(spec) -> tuple[str, str]:
 def resolve(spec: str, schedule: str = "vp", device="cpu", cache_dir=None, train: bool = True, progress: bool = True,
             data=None, data_range: str = "auto", prediction: str = "eps") -> ReferenceModel:
     """The ReferenceModel a spec names (see parse_spec). schedule and prediction apply to registered names only (a
-    user's model has its own; a factory places its model where it likes: device applies to the others); `data` (a
+    user's model has its own; `device` goes to diffusers models, registered ones, and factories that take a `device`
+    parameter; others place their model where they like); `data` (a
     path) replaces the model's real data. Errors: ModelSpecError, one line (a bad `data` path: DataError)."""
     form, rest = parse_spec(spec)
     if form == "name":
@@ -260,7 +263,7 @@ def resolve(spec: str, schedule: str = "vp", device="cpu", cache_dir=None, train
 
         rec = diffusers_record(rest, device=device)
     else:
-        rec = _from_factory(rest)
+        rec = _from_factory(rest, device)
     if data is not None:
         from .data_files import read_data
 
@@ -291,7 +294,15 @@ def _import(module: str, spec: str) -> types.ModuleType:
         raise ModelSpecError(f"model spec {spec!r}: cannot import {module}: {_one_line(e)}") from None
 
 
-def _from_factory(spec: str) -> ReferenceModel:
+def _accepts_device(make) -> bool:
+    try:
+        params = inspect.signature(make).parameters
+    except (TypeError, ValueError):
+        return False
+    return "device" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _from_factory(spec: str, device=None) -> ReferenceModel:
     module, _, factory = spec.rpartition(":")
     mod = _import(module, spec)
     make = getattr(mod, factory, None)
@@ -300,8 +311,8 @@ def _from_factory(spec: str) -> ReferenceModel:
                        and getattr(v, "__module__", None) == mod.__name__)
         raise ModelSpecError(f"model spec {spec!r}: {module} has no callable {factory!r}; its callables: "
                              f"{', '.join(names) or 'none'}")
-    try:
-        rec = make()
+    try:  # a factory with a `device` parameter is told the run's device; others place their model themselves
+        rec = make(device=str(device)) if device is not None and _accepts_device(make) else make()
     except Exception as e:  # noqa: BLE001 - the user's factory
         raise ModelSpecError(f"model spec {spec!r}: {factory}() raised {_one_line(e)}") from None
     if not isinstance(rec, ReferenceModel):

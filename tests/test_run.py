@@ -62,16 +62,18 @@ def loader(name, schedule, prediction, cache_dir, device, progress):
     return load_model(name, schedule, prediction, cache_dir, device, progress)
 
 
-def fake_image_features(samples, real, cache_dir=None, device="cpu", real_cache_name=None):
+def fake_features(x, cache_dir=None, device="cpu"):
     """The flattened pixels as FID features: a stand-in for the extractor that checks what the harness passes."""
-    assert samples.shape[1:] == real.shape[1:] == (1, 4, 4)
-    return samples.flatten(1).double(), real.flatten(1).double()
+    assert x.shape[1:] == (1, 4, 4)
+    return x.flatten(1).double()
 
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
     mp = pytest.MonkeyPatch()
-    mp.setattr(quality, "image_features", fake_image_features)
+    mp.setattr(quality, "extractor_problem", lambda shape, cache_dir=None: None)
+    mp.setattr(quality, "sample_features", fake_features)
+    mp.setattr(quality, "real_statistics", lambda real, cache_dir=None, device="cpu": (fake_features(real), False))
     sweep = Sweep(["gmm2d", "tiny-image"], list_solvers(), NFES, [0], samples=200, run_id="tiny")
     out = tmp_path_factory.mktemp("tiny")
     try:
