@@ -9,7 +9,6 @@ import math
 
 import pandas as pd
 
-from .schema import REFERENCE_MARGIN
 from solvers.convergence import (  # noqa: F401  (re-exported: bench's callers use bench.orders.fit etc.)
     MIN_POINTS,
     MIN_SPAN,
@@ -22,6 +21,8 @@ from solvers.convergence import (  # noqa: F401  (re-exported: bench's callers u
     order_band,
     usable_points,
 )
+
+from .schema import REFERENCE_MARGIN
 
 ORDER_TOL = 0.3  # |measured - declared| above this is a warning in the report
 MEASURE_COMMAND = "python -m bench run --models gmm2d,gmm-digits --nfe 20,40,80,160,320"

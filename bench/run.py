@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import plugins, schema
+from .cli import MAX_SEED, integer, integers, model_specs, names, writable_dir
 from .model_specs import DATA_RANGES
 from .references import reference_choice
-from .cli import MAX_SEED, integer, integers, model_specs, names, writable_dir
 
 PROG = "python -m bench run"
 DEFAULT_NFE = "6,10,20"
@@ -182,7 +182,7 @@ def _rank_problem(config: dict, world) -> str | None:
 
 def _existing_run(run_dir: Path, config: dict) -> tuple[dict, str | None]:
     """(manifest, None) when run_dir holds a run of `config` ({} when it is new or empty), else ({}, why not)."""
-    from .store import LOCK, JOURNAL, StoreError, read_rows
+    from .store import JOURNAL, LOCK, StoreError, read_rows
 
     if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} - {LOCK}:
         return {}, None

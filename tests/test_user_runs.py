@@ -103,7 +103,7 @@ def toy_run(tmp_path_factory):
 
 
 def test_a_factory_model_runs_through_every_solver_and_the_report(toy_run):
-    tmp, path, out = toy_run
+    _, path, out = toy_run
     df = rows(out)
     assert set(df["model"]) == {"toy"}
     assert set(df["schedule"]) == {"vp"} and set(df["prediction"]) == {"eps"}
@@ -314,7 +314,6 @@ def test_a_diffusers_pipeline_runs(kind, tmp_path):
 
 def test_a_changed_weights_file_gets_a_new_fingerprint_and_a_new_reference(tmp_path):
     from safetensors.torch import load_file, save_file
-
     from user_models.pipelines import save_ddpm
 
     d = tmp_path / "pipe"
@@ -498,3 +497,42 @@ def test_a_users_model_shards_under_torchrun_like_a_registered_one(toy_run, tmp_
     assert list(a["solver"]) == list(b["solver"]) and (b["status"] == "ok").all()
     assert np.allclose(a["error_rmse"], b["error_rmse"], rtol=1e-3, equal_nan=True)
     assert np.allclose(a["swd_ref"], b["swd_ref"], rtol=1e-3)
+
+
+def test_fid_statistics_as_data_give_fid_rows(tmp_path):
+    """Precomputed statistics (mu, sigma of the real features) in a .npz: FID against them, no KID (it needs the
+    features themselves), the same FID as against the features they were computed from."""
+    from reference_models import digits
+
+    real = digits.held_out(64, torch.Generator().manual_seed(0))
+    feats = quality.real_statistics(real, cache_dir=tmp_path / "cache")[0].numpy()
+    np.savez(tmp_path / "stats.npz", mu=feats.mean(0), sigma=np.cov(feats, rowvar=False))
+    np.savez(tmp_path / "real.npz", x=real.numpy())
+    spec = f"{image_factory(tmp_path)}:make"
+    out = {}
+    for data in ("stats.npz", "real.npz"):
+        code, out[data] = run(["--models", spec, "--data", str(tmp_path / data), "--solvers", "ddim", "--nfe", "4",
+                               "--samples", "64"], tmp_path, out=f"run-{data}")
+        assert code == 0
+    by_stats, by_features = rows(out["stats.npz"]), rows(out["real.npz"])
+    assert by_stats["kid"].isna().all() and by_features["kid"].notna().all()
+    assert by_stats["fid"].iloc[0] == pytest.approx(by_features["fid"].iloc[0], rel=1e-6)
+
+
+def test_data_for_a_registered_model_replaces_its_own(tmp_path):
+    """--data MODEL=PATH on a registered model: quality against those points (here: the ring shifted by 3, so the
+    distance to data is large), the same samples and errors as without it."""
+    from reference_models import load
+
+    pts = load("gmm2d").data(400, torch.Generator().manual_seed(5)) + 3.0
+    np.savez(tmp_path / "shifted.npz", x=pts.numpy())
+    base = ["--models", "gmm2d", "--solvers", "dpm_solver_2", "--nfe", "8", "--samples", "200"]
+    code, own = run(base, tmp_path, out="own")
+    assert code == 0
+    code, shifted = run([*base, "--data", f"gmm2d={tmp_path / 'shifted.npz'}"], tmp_path, out="shifted")
+    assert code == 0
+    a, b = rows(own).iloc[0], rows(shifted).iloc[0]
+    assert b["swd"] > 4 * a["swd"] and b["swd_lo"] > a["swd_hi"]
+    assert a["error_rmse"] == b["error_rmse"] and a["swd_ref"] == b["swd_ref"]
+    manifest = json.loads((shifted / "manifest.json").read_text())
+    assert manifest["models"]["gmm2d"]["data"]["count"] == 400
