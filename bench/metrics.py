@@ -3,7 +3,8 @@ samples' distribution to the reference solution's (no data needed), the exact NL
 against real data.
 
 A cell's samples become an `Observation`: per-sample arrays (the points the distribution metrics use —
-2-D samples, or image features —, exact log-densities, squared and largest path errors). An `Evaluator`
+low-dimensional samples, image features, or pixels where there is no feature extractor —, exact
+log-densities, squared and largest path errors). An `Evaluator`
 holds what a group's cells are measured against (real data, exact statistics) and turns an observation
 into each metric as a function of sample indices, so one bootstrap (bench.intervals) gives the intervals
 and a paired bootstrap every comparison between solvers. KID, MMD and the NLL gap use their
