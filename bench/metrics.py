@@ -126,10 +126,8 @@ class Evaluator:
             return lambda idx: float(self.exact[0] - pick(obs.log_p, idx).mean())
         if metric == "swd":
             return self._swd_statistic(obs, self.real)
-        if metric == "swd_ref":
-            return self._swd_statistic(obs, self.ref)
-        if metric == "fd_ref":
-            return lambda idx: self._ref_fd(pick(obs.points, idx))
+        if metric in ("swd_ref", "fd_ref"):
+            return self._reference_statistic(obs, metric)
         if metric == "mmd":
             return self._mmd_statistic(obs)
         if metric == "fid":
@@ -138,6 +136,27 @@ class Evaluator:
             from .quality import kid_with_stderr
             return lambda idx: kid_with_stderr(pick(obs.points, idx), self.real)[0]
         raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+
+    def _reference_statistic(self, obs: Observation, metric: str):
+        """The data-free metric as a function of sample indices. A cell's samples and the reference solution's are
+        pairs (the same x_T), so a resample takes the same indices of both: the interval is that of the distance
+        between the two distributions these x_T give, not the sampling noise of two independent sets (which
+        would swamp it as the solver converges). Sets of other sizes are compared with the reference fixed."""
+        from .quality import Frechet, projected_quantiles
+
+        if len(obs.points) != len(self.ref):
+            return self._swd_statistic(obs, self.ref) if metric == "swd_ref" else (
+                lambda idx: self._ref_fd(obs.points if idx is None else obs.points[idx]))
+        if metric == "fd_ref":
+            return lambda idx: (self._ref_fd(obs.points) if idx is None else
+                                Frechet(torch.from_numpy(self.ref[idx]))(obs.points[idx]))
+        dirs = self._directions(self.ref.shape[1])
+        proj, ref = torch.from_numpy(obs.points @ dirs), torch.from_numpy(self.ref @ dirs)
+
+        def swd(idx):
+            a, b = (proj, ref) if idx is None else (proj[torch.from_numpy(idx)], ref[torch.from_numpy(idx)])
+            return float(torch.sqrt(((projected_quantiles(a, len(a)) - projected_quantiles(b, len(b))) ** 2).mean()))
+        return swd
 
     def _swd_statistic(self, obs: Observation, target: np.ndarray):
         """Sliced Wasserstein of obs's points (resampled) to the fixed `target` points."""

@@ -158,8 +158,10 @@ def quality_vs_nfe(rows: pd.DataFrame, metric: str, title: str, path: Path, floo
                         color=st.colour, markerfacecolor="none" if st.hollow else st.colour)
                 band = g.dropna()
                 if len(band):
-                    ax.fill_between(band.index, band["q_lo"].clip(lower=1e-300) if logy else band["q_lo"], band["q_hi"],
-                                    color=st.colour, alpha=0.15, linewidth=0)
+                    # on a log axis an interval reaching 0 or below is drawn down to 1/10 of the solver's smallest
+                    # value (as the error bands), not to 1e-300, which would squash every line to the top
+                    low = band["q_lo"].clip(lower=fixed["q"][fixed["q"] > 0].min() * 0.1) if logy else band["q_lo"]
+                    ax.fill_between(band.index, low, band["q_hi"], color=st.colour, alpha=0.15, linewidth=0)
             a = ok[(ok["solver"] == solver) & (ok["run"] == run) & ok["nfe"].isna()]
             if not a.empty:
                 _star(ax, a["nfe_used"].astype(float).mean(), a["q"].mean(), st.colour)

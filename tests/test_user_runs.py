@@ -536,3 +536,23 @@ def test_data_for_a_registered_model_replaces_its_own(tmp_path):
     assert a["error_rmse"] == b["error_rmse"] and a["swd_ref"] == b["swd_ref"]
     manifest = json.loads((shifted / "manifest.json").read_text())
     assert manifest["models"]["gmm2d"]["data"]["count"] == 400
+
+
+@pytest.mark.parametrize("metric", ["swd_ref", "fd_ref"])
+def test_the_data_free_metrics_interval_resamples_pairs(metric):
+    """Samples near the reference's, pair by pair (same x_T): a resample takes the same pairs, so the interval is
+    that of the paired distance, over 100x narrower than the sampling noise of the samples against a fixed
+    reference set; identical samples give exactly 0."""
+    from bench import intervals
+    from bench.metrics import Evaluator, Observation
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(500, 3))
+    x = ref + 1e-2 * rng.normal(size=ref.shape)
+    ev = Evaluator(None, None, 0, "2d" if metric == "swd_ref" else "image", ref_points=ref, ref_metric=metric)
+    got = ev.measure(Observation(points=x), 0)
+    # half the samples: sizes differ, so the reference set stays fixed and only the samples are resampled
+    _, lo_u, hi_u = intervals.bootstrap(ev._reference_statistic(Observation(points=x[:250]), metric), 250, 0)
+    assert got[f"{metric}_hi"] - got[f"{metric}_lo"] < (hi_u - lo_u) / 100
+    assert got[f"{metric}_lo"] <= got[metric] <= got[f"{metric}_hi"]
+    assert ev.measure(Observation(points=ref.copy()), 0)[metric] == pytest.approx(0, abs=1e-12)
