@@ -14,7 +14,7 @@ COUNTERPARTS = {
     "diffusers.dpm_solver_3": "dpm_solver_3",  # singlestep DPM-Solver-3, noise prediction
     "diffusers.dpmpp_2s": "dpmpp_2s",  # singlestep DPM-Solver++(2S), data prediction
     "diffusers.dpmpp_2m": "dpmpp_2m",  # multistep DPM-Solver++(2M)
-    "diffusers.dpmpp_3m": "dpmpp_3m",  # multistep DPM-Solver++(3M)
+    "diffusers.dpmpp_3m": "dpmpp_3m",  # DPM-Solver++(3M); diffusers halves its x0'' term (ours: curvature="half")
     "diffusers.unipc": "unipc",  # UniPC (bh2) with the UniC corrector
     "diffusers.deis": "deis",  # DEIS (tAB, log-rho), order 2
     "diffusers.euler_ancestral": "euler_ancestral",  # ancestral sampling = DDIM eta = 1

@@ -1,0 +1,91 @@
+"""The exponential-integrator vocabulary of the solvers: phi-functions, the data-prediction step, a history.
+
+With h = lambda_t - lambda_s, the exact PF-ODE solution in data prediction (Lu et al. 2022b, eq. 9) is
+  x_t = (sigma_t / sigma_s) x_s + sigma_t int_{lambda_s}^{lambda_t} e^{lambda} x0(x_lambda) dlambda,
+and expanding x0 in lambda about lambda_s gives (ibid., eq. 10)
+  x_t = (sigma_t / sigma_s) x_s + alpha_t sum_k h^{k+1} phi_{k+1}(-h) x0^{(k)}(lambda_s),
+with phi_k(z) = sum_j z^j / (j + k)!. All coefficients are float64 Python floats in expm1 forms.
+"""
+from __future__ import annotations
+
+import math
+
+from .schedules import Coefficients
+
+SERIES_BELOW = 1.0  # |z| below which phi_k is summed as its series (the closed forms cancel there)
+_TERMS = 24  # series terms: 1 / 24! < 1e-23
+
+
+def _series(k: int, z: float) -> float:
+    term, total = 1.0 / math.factorial(k), 0.0
+    for j in range(_TERMS):
+        total += term
+        term *= z / (j + k + 1)
+    return total
+
+
+def phi_1(z: float) -> float:
+    """phi_1(z) = expm1(z) / z (1 at z = 0)."""
+    return math.expm1(z) / z if abs(z) >= SERIES_BELOW else _series(1, z)
+
+
+def phi_2(z: float) -> float:
+    """phi_2(z) = (expm1(z) - z) / z^2 (1/2 at z = 0)."""
+    return (math.expm1(z) - z) / (z * z) if abs(z) >= SERIES_BELOW else _series(2, z)
+
+
+def phi_3(z: float) -> float:
+    """phi_3(z) = (expm1(z) - z - z^2 / 2) / z^3 (1/6 at z = 0)."""
+    return (math.expm1(z) - z - 0.5 * z * z) / z**3 if abs(z) >= SERIES_BELOW else _series(3, z)
+
+
+PHI = (None, phi_1, phi_2, phi_3)
+
+
+def data_step(x, s: Coefficients, t: Coefficients, x0, derivatives=()):
+    """Data-prediction exponential-integrator step s -> t (Lu et al. 2022b, eq. 10), truncated after len(derivatives).
+
+    x0: the data prediction at s (or an estimate of it elsewhere in the step, which is what the 2S and 2M
+    updates of the paper pass); derivatives: estimates of d^k x0 / dlambda^k at s, k = 1, 2.
+    With no derivatives it is DDIM: x_t = (sigma_t/sigma_s) x_s + alpha_t (1 - e^{-h}) x0. VE (alpha = 1) included.
+    """
+    h = t.lam - s.lam
+    out = (t.sigma / s.sigma) * x + (t.alpha * h * phi_1(-h)) * x0
+    for k, d in enumerate(derivatives, start=1):
+        out = out + (t.alpha * h ** (k + 1) * PHI[k + 1](-h)) * d
+    return out
+
+
+class History:
+    """The newest `size` (lambda, x0) pairs of a multistep solver, newest last; local to the solver's loop."""
+
+    def __init__(self, size: int):
+        self.size, self.lams, self.values = size, [], []
+
+    def push(self, lam: float, value) -> None:
+        self.lams = (self.lams + [lam])[-self.size:]
+        self.values = (self.values + [value])[-self.size:]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def newest(self):
+        return self.values[-1]
+
+    def derivatives(self, order: int) -> tuple:
+        """Estimates of x0', x0'' (in lambda) at the newest point from the newest `order` points: order - 1 of them.
+
+        Divided differences on the (non-uniform) lambdas: order 2 gives the backward difference, first-order
+        accurate; order 3 the derivatives of the interpolating parabola, x0' second- and x0'' first-order accurate.
+        """
+        if not 1 <= order <= len(self.values):
+            raise ValueError(f"history holds {len(self.values)} points; order must be 1 to {len(self.values)}")
+        lam, m = self.lams[-order:], self.values[-order:]
+        if order == 1:
+            return ()
+        d0 = (m[-1] - m[-2]) / (lam[-1] - lam[-2])
+        if order == 2:
+            return (d0,)
+        d1 = (m[-2] - m[-3]) / (lam[-2] - lam[-3])
+        second = (d0 - d1) * (2.0 / (lam[-1] - lam[-3]))  # x0'' of the parabola through the three points
+        return (d0 + second * (0.5 * (lam[-1] - lam[-2])), second)
