@@ -167,7 +167,8 @@ def load(name: str, schedule: str = "vp", prediction: str = "eps", cache_dir=Non
                           fingerprint=trained_fingerprint(config, den), source=name)
 
 
-def _canonical(obj) -> bytes:
+def canonical_json(obj) -> bytes:
+    """The bytes a fingerprint hashes for a JSON-able description: sorted keys, str() for anything else."""
     return json.dumps(obj, sort_keys=True, default=str).encode()
 
 
@@ -175,7 +176,7 @@ def mixture_fingerprint(mixture: GaussianMixture, schedule: Schedule) -> str:
     """sha256 of the mixture's means, weights and covariances (10 significant digits, so that last-bit differences of
     the eigendecomposition between machines do not change it) and the schedule's description."""
     covs = mixture.evecs @ torch.diag_embed(mixture.evals) @ mixture.evecs.transpose(1, 2)
-    h = hashlib.sha256(_canonical(schedule.describe()))
+    h = hashlib.sha256(canonical_json(schedule.describe()))
     for t in (mixture.means, mixture.log_weights.exp(), covs):
         h.update(" ".join(f"{v:.10g}" for v in t.flatten().tolist()).encode())
     return h.hexdigest()
@@ -185,6 +186,6 @@ def trained_fingerprint(config: dict, net: torch.nn.Module) -> str:
     """sha256 of the checkpoint's config, the schedule's description and the weights (a retrained network differs)."""
     from .user import state_digest
 
-    h = hashlib.sha256(_canonical({"config": config, "schedule": net.schedule.describe()}))
+    h = hashlib.sha256(canonical_json({"config": config, "schedule": net.schedule.describe()}))
     state_digest(net, h)
     return h.hexdigest()

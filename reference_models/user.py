@@ -20,7 +20,6 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import json
 import math
 import pathlib
 import re
@@ -31,7 +30,7 @@ import torch
 
 from solvers import Model
 
-from .registry import MODELS, ReferenceModel, load
+from .registry import MODELS, ReferenceModel, canonical_json, load
 
 DEFAULT_NAME = "user-model"  # an unnamed model's name; the resolver names it after its spec instead
 SPEC_FORMS = "a registered name, diffusers:PATH_OR_HUB_ID, MODULE:FACTORY or path/to/file.py:FACTORY"
@@ -56,15 +55,11 @@ def _one_line(e: BaseException) -> str:
 
 
 # --- fingerprints ------------------------------------------------------------------------------------------
-def _canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, default=str).encode()
-
-
 def state_digest(modules, h) -> None:
     """Feed every state_dict tensor of `modules` (one nn.Module or a list) into hash `h`: name, dtype, shape, bytes."""
     for module in [modules] if isinstance(modules, torch.nn.Module) else modules:
         for key, t in module.state_dict().items():
-            h.update(_canonical([key, str(t.dtype), list(t.shape)]))
+            h.update(canonical_json([key, str(t.dtype), list(t.shape)]))
             h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
@@ -121,12 +116,12 @@ def _device_of(modules) -> torch.device:
 def _schedule_digest(schedule, h) -> None:
     t = torch.linspace(0.0, schedule.T, 33, dtype=torch.float64)[1:]
     values = torch.cat([schedule.log_alpha(t), schedule.sigma(t)]).tolist()
-    h.update(_canonical({"schedule": schedule.describe(), "values": [f"{v:.12g}" for v in values]}))
+    h.update(canonical_json({"schedule": schedule.describe(), "values": [f"{v:.12g}" for v in values]}))
 
 
 def model_fingerprint(model: Model, shape, sample_range, device=None) -> tuple[str, str]:
     """(sha256 hex, what the weights part hashed: "weights" or "outputs"); see the module docstring."""
-    h = hashlib.sha256(_canonical({"prediction": model.prediction, "shape": list(shape),
+    h = hashlib.sha256(canonical_json({"prediction": model.prediction, "shape": list(shape),
                                    "sample_range": list(sample_range)}))
     _schedule_digest(model.schedule, h)
     modules = find_modules(model.fn)
