@@ -81,7 +81,6 @@ class Evaluator:
         self.family, self.seed, self.exact = family, seed, exact
         self.real = None if real_points is None else np.asarray(real_points, dtype=np.float64)
         self.ref = None if ref_points is None else np.asarray(ref_points, dtype=np.float64)
-        self.fid_stats = fid_stats
         self.ref_metric = None if self.ref is None else ref_metric or ("fd_ref" if family == "image" else "swd_ref")
         if self.ref_metric not in (None, "fd_ref", "swd_ref"):
             raise ValueError(f"unknown data-free metric {ref_metric!r}; valid: fd_ref, swd_ref")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import reference_models
 from reference_models import ReferenceModel
+from reference_models.data_files import one_line, read_data
 from reference_models.user import attach_data
 
 DATA_RANGES = ("auto", "0,255", "0,1", "-1,1")
@@ -30,13 +31,17 @@ class PlannedModel:
     schedules: list[str]  # the schedule labels of its cells
     prediction: str
     record: ReferenceModel | None = None  # a user's model, resolved; None: a registered one, loaded per group
-    data: str | None = None  # --data PATH for it
     fingerprint: str = ""
     real: object = None  # the RealData read from `data`
 
     @property
     def user(self) -> bool:
         return self.record is not None
+
+    @property
+    def real_data(self):
+        """The RealData of its real data files, if any: --data, or a user's factory's data path."""
+        return self.record.real_data if self.user else self.real
 
 
 def is_user_spec(spec: str) -> bool:
@@ -74,7 +79,7 @@ def plan(specs: list[str], schedules: list[str], data: dict[str, str], data_rang
             try:
                 rec = reference_models.resolve(spec, device=device, cache_dir=cache_dir, progress=False)
             except (ValueError, TypeError, ImportError, OSError) as e:
-                raise ModelArgumentError(f"argument --models: {_one_line(e)}") from None
+                raise ModelArgumentError(f"argument --models: {one_line(e, 400)}") from None
             p = PlannedModel(spec, rec.name, rec.metric, [rec.schedule_name], rec.model.prediction, rec,
                              fingerprint=rec.fingerprint)
         else:
@@ -84,10 +89,10 @@ def plan(specs: list[str], schedules: list[str], data: dict[str, str], data_rang
             raise ModelArgumentError(f"argument --models: two models are named {p.name!r}; give one of them another "
                                      "name (reference_models.user_model(..., name=...))")
         claimed.add(p.name)
-        p.data = data.get(spec, data.get(p.name))
-        if p.data is not None:
+        path = data.get(spec, data.get(p.name))
+        if path is not None:
             shape = p.record.shape if p.user else describe(spec).shape
-            p.real = read(p.name, p.data, shape, data_range)
+            p.real = read(p.name, path, shape, data_range)
             if p.user:
                 attach_data(p.record, p.real)
         planned.append(p)
@@ -100,23 +105,16 @@ def plan(specs: list[str], schedules: list[str], data: dict[str, str], data_rang
 
 def read(name: str, path: str, shape, data_range: str):
     """The real data at `path` for a model of sample shape `shape` (reference_models.data_files.RealData)."""
-    from reference_models.data_files import read_data
-
     try:
         return read_data(path, tuple(shape), data_range=data_range)
     except ValueError as e:
-        raise ModelArgumentError(f"argument --data: {name}: {_one_line(e)}") from None
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= 400 else text[:397] + "..."
+        raise ModelArgumentError(f"argument --data: {name}: {one_line(e, 400)}") from None
 
 
 def check_samples(planned: list[PlannedModel], samples: dict[str, int]) -> None:
     """Every model whose real data are files has at least a cell's samples of them."""
     for p in planned:
-        real = p.real if p.real is not None else getattr(p.record, "real_data", None)
+        real = p.real_data
         if real is not None and real.fid_stats is None and real.count < samples[p.name]:
             raise ModelArgumentError(f"argument --data: {real.source} has {real.count} items; a cell of {p.name} "
                                      f"needs {samples[p.name]} (--samples)")

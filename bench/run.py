@@ -324,9 +324,8 @@ def _model_info(planned) -> dict:
         if p.user:
             info.update(fingerprint=p.fingerprint, schedule=repr(p.record.schedule), prediction=p.prediction,
                         shape=list(p.record.shape), sample_range=list(p.record.sample_range))
-        if p.real is not None or (p.user and "data" in p.record.info):
-            info["data"] = p.record.info.get("data") if p.user else {
-                "source": str(p.real.source), "sha256": p.real.sha256, "range": p.real.range, "count": p.real.count}
+        if p.real_data is not None:
+            info["data"] = p.real_data.summary()
         out[p.name] = info
     return out
 

@@ -206,7 +206,7 @@ class Group:
         """Rank 0: real data, the evaluator, and the group rows: quality of the reference solution and of an
         independent real draw (the noise floor), with intervals; the group's arrays go to the run directory."""
         real, floor = self._real_data()
-        fid_stats = getattr(self.ref, "fid_stats", None)
+        fid_stats = self.ref.fid_stats
         self.features, self.quality_note = None, ""
         if real is None and fid_stats is None:
             self.quality_note = "no data: quality against data not measured (give --data)"
@@ -224,20 +224,20 @@ class Group:
         stats = None
         if fid_stats is not None and self.features is not None:
             stats = (fid_stats.mu, fid_stats.sigma)
-        ref_points = None
-        if self.reference is not None:
-            ref_points = metrics.observe(self.ref, self.reference.float(), features=self.features).points
+        ref_obs = None if self.reference is None else metrics.observe(self.ref, self.reference.float(),
+                                                                         features=self.features)
+        ref_points = None if ref_obs is None else ref_obs.points
         exact = metrics.exact_log_likelihood(self.ref, self.seed) if self.ref.mixture is not None else None
         ref_metric = "fd_ref" if self.features is not None else "swd_ref"
         self.evaluator = metrics.Evaluator(real_points, exact, self.seed, self.ref.metric, ref_points=ref_points,
                                            fid_stats=stats, ref_metric=ref_metric)
-        sources = {}
+        sources = {}  # source -> (its observation, note); the reference's features are computed once, above
         if floor is not None and (real_points is not None or exact is not None):
-            sources["data"] = (floor, "independent real draw of the same size")
-        if self.reference is not None:
-            sources["reference"] = (self.reference.float(), self.reference_note)
-        for source, (x, note) in sources.items():
-            obs = metrics.observe(self.ref, x, features=self.features, model_samples=source == "reference")
+            sources["data"] = (metrics.observe(self.ref, floor, features=self.features, model_samples=False),
+                               "independent real draw of the same size")
+        if ref_obs is not None:
+            sources["reference"] = (ref_obs, self.reference_note)
+        for source, (obs, note) in sources.items():
             if source == "data" and exact is not None:  # the NLL gap's floor: exact draws against exact draws
                 obs.log_p = metrics.log_density(self.ref, self.ref.mixture.sample(
                     self.n, self._floor_gen, schedule=self.ref.schedule, t=self.ref.schedule.default_t_end,
@@ -261,7 +261,7 @@ class Group:
         self._floor_gen = torch.Generator().manual_seed(sample_seeds(self.seed, FLOOR, [0])[0])
         if self.ref.data is None:
             return None, None
-        files = getattr(self.ref, "real_data", None)
+        files = self.ref.real_data
         if files is not None:
             if files.count >= 2 * self.n:
                 both = files.draw(2 * self.n, real_gen)

@@ -66,6 +66,10 @@ class RealData:
     def count(self) -> int:
         return 0 if self.raw is None else len(self.raw)
 
+    def summary(self) -> dict:
+        """What a run records of these data: source, content hash, range and count."""
+        return {"source": str(self.source), "sha256": self.sha256, "range": self.range, "count": self.count}
+
     @property
     def noun(self) -> str:
         return "images" if len(self.shape) > 1 else "samples"
@@ -94,9 +98,10 @@ class RealData:
         return self._mapped(self.raw[idx])
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's message on one line (whitespace collapsed), at most `limit` characters."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _check_shape(shape) -> tuple[int, ...]:
@@ -152,7 +157,7 @@ def _read_folder(path: pathlib.Path, shape) -> torch.Tensor:
                 img.load()
                 arr = np.asarray(img.convert(mode), dtype=np.uint8)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image {f}: {_one_line(exc)}") from None
+            raise DataError(f"cannot read image {f}: {one_line(exc)}") from None
         if arr.shape[:2] != shape[1:]:
             raise DataError(f"{f} is {arr.shape[1]}x{arr.shape[0]} pixels but the model's samples are "
                             f"{shape[2]}x{shape[1]} ({shape}); resize the images first (nothing is resized here)")
@@ -189,9 +194,9 @@ def _read_numpy(path) -> np.ndarray | FidStats:
         if "allow_pickle" in str(exc) or "pickle" in str(exc).lower():
             raise DataError(f"refusing {path}: it holds pickled objects, which are never loaded; save plain "
                             f"numeric arrays; --data takes {FORMS}") from None
-        raise DataError(f"cannot read {path}: {_one_line(exc)}; --data takes {FORMS}") from None
+        raise DataError(f"cannot read {path}: {one_line(exc)}; --data takes {FORMS}") from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise DataError(f"cannot read {path} (corrupt or not a numpy file: {_one_line(exc)}); --data takes "
+        raise DataError(f"cannot read {path} (corrupt or not a numpy file: {one_line(exc)}); --data takes "
                         f"{FORMS}") from None
 
 
@@ -200,14 +205,14 @@ def _read_torch(path) -> torch.Tensor | FidStats:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported" in ln]
-        reason = (lines[0].removeprefix("WeightsUnpickler error: ") if lines else _one_line(exc))[:90]
+        reason = (lines[0].removeprefix("WeightsUnpickler error: ") if lines else one_line(exc))[:90]
         if reason.startswith("Unsupported global"):
             raise DataError(f"refusing {path}: it holds pickled objects ({reason}), which are never loaded; "
                             f"save plain tensors; --data takes {FORMS}") from None
         raise DataError(f"cannot read {path}: not plain tensors (corrupt, or a pickle that weights_only loading "
                         f"refuses: {reason}); --data takes {FORMS}") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot read {path} (corrupt or not a torch file: {_one_line(exc)}); --data takes "
+        raise DataError(f"cannot read {path} (corrupt or not a torch file: {one_line(exc)}); --data takes "
                         f"{FORMS}") from None
     if isinstance(loaded, dict):
         loaded = _pick(path, loaded)
@@ -223,7 +228,7 @@ def _stats(path, mu, sigma) -> FidStats:
         mu = np.asarray(mu.numpy() if isinstance(mu, torch.Tensor) else mu, dtype=np.float64)
         sigma = np.asarray(sigma.numpy() if isinstance(sigma, torch.Tensor) else sigma, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise DataError(f"{path}: mu and sigma must be numeric arrays ({_one_line(exc)})") from None
+        raise DataError(f"{path}: mu and sigma must be numeric arrays ({one_line(exc)})") from None
     if mu.ndim != 1 or len(mu) < 1 or sigma.shape != (len(mu), len(mu)):
         raise DataError(f"{path}: FID statistics need mu shaped (F,) and sigma (F, F), got mu {mu.shape} and "
                         f"sigma {sigma.shape}")

@@ -215,12 +215,11 @@ def user_model(model, shape, data=None, name=None, *, sample_range=(-1.0, 1.0), 
 def attach_data(rec: ReferenceModel, real) -> ReferenceModel:
     """Make `real` (a data_files.RealData) the record's real data: its draws (None for statistics only), its FID
     statistics; the noise floor draws from the same source."""
-    rec.data = real.draw if getattr(real, "fid_stats", None) is None else None
-    rec.fid_stats = getattr(real, "fid_stats", None)
+    rec.data = real.draw if real.fid_stats is None else None
+    rec.fid_stats = real.fid_stats
     rec.train_data = None
     rec.real_data = real
-    rec.info = {**rec.info, "data": {"source": str(getattr(real, "source", "")), "sha256": getattr(real, "sha256", None),
-                                     "range": getattr(real, "range", None), "count": getattr(real, "count", None)}}
+    rec.info = {**rec.info, "data": real.summary()}
     return rec
 
 

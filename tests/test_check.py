@@ -53,22 +53,17 @@ def test_a_first_order_solver_declared_second_order_fails_its_order_check(capsys
     assert "declared 2, band [1.7, 2.5]" in out and "local slopes" in out  # the measured table follows
 
 
-def test_nan_at_a_single_budget_is_caught(capsys, tmp_path):
-    code, out = check(capsys, "--plugins", str(PLUGINS / "nan_at_one_budget.py"), "--solvers", "nan_at_37",
-                      "--schedules", "vp", "--json", str(tmp_path / "rows.json"))
+@pytest.mark.parametrize("plugin, solver, schedule, failing, detail", [
+    ("nan_at_one_budget.py", "nan_at_37", "vp", "finite", "NFE 37, t_end 0.001: NaN/Inf"),  # NaN at one budget
+    ("extra_call.py", "extra_call_at_23", "ve", "exact NFE", "NFE 23: 24 evaluations"),  # an extra model call
+])
+def test_a_fault_at_a_single_budget_is_caught(plugin, solver, schedule, failing, detail, capsys, tmp_path):
+    code, out = check(capsys, "--plugins", str(PLUGINS / plugin), "--solvers", solver, "--schedules", schedule,
+                      "--json", str(tmp_path / "rows.json"))
     assert code == 1
     rows = rows_of(tmp_path / "rows.json")
-    assert {k[1] for k, r in rows.items() if r["status"] == "FAIL"} == {"finite"}, out
-    assert "NFE 37, t_end 0.001: NaN/Inf" in rows[("nan_at_37", "finite")]["detail"]
-
-
-def test_an_extra_model_call_at_one_budget_is_caught(capsys, tmp_path):
-    code, out = check(capsys, "--plugins", str(PLUGINS / "extra_call.py"), "--solvers", "extra_call_at_23",
-                      "--schedules", "ve", "--json", str(tmp_path / "rows.json"))
-    assert code == 1
-    rows = rows_of(tmp_path / "rows.json")
-    assert {k[1] for k, r in rows.items() if r["status"] == "FAIL"} == {"exact NFE"}, out
-    assert "NFE 23: 24 evaluations" in rows[("extra_call_at_23", "exact NFE")]["detail"]
+    assert {k[1] for k, r in rows.items() if r["status"] == "FAIL"} == {failing}, out
+    assert detail in rows[(solver, failing)]["detail"]
 
 
 def test_equal_to_passes_for_an_equivalent_solver_and_fails_for_another(capsys, tmp_path):
