@@ -1,4 +1,4 @@
-"""The exponential-integrator vocabulary of the solvers: phi-functions, the data-prediction step, a history.
+"""The exponential-integrator vocabulary of the solvers: phi-functions, the data- and noise-prediction steps, a history.
 
 With h = lambda_t - lambda_s, the exact PF-ODE solution in data prediction (Lu et al. 2022b, eq. 9) is
   x_t = (sigma_t / sigma_s) x_s + sigma_t int_{lambda_s}^{lambda_t} e^{lambda} x0(x_lambda) dlambda,
@@ -9,6 +9,8 @@ with phi_k(z) = sum_j z^j / (j + k)!. All coefficients are float64 Python floats
 from __future__ import annotations
 
 import math
+
+import torch
 
 from .schedules import Coefficients
 
@@ -47,24 +49,49 @@ def data_step(x, s: Coefficients, t: Coefficients, x0, derivatives=()):
 
     x0: the data prediction at s (or an estimate of it elsewhere in the step, which is what the 2S and 2M
     updates of the paper pass); derivatives: estimates of d^k x0 / dlambda^k at s, k = 1, 2.
-    With no derivatives it is DDIM: x_t = (sigma_t/sigma_s) x_s + alpha_t (1 - e^{-h}) x0. VE (alpha = 1) included.
+    With no derivatives it is DDIM: x_t = (sigma_t/sigma_s) x_s + alpha_t (1 - e^{-h}) x0. VE (alpha = 1) included,
+    and a start where alpha_s = 0 (lambda_s = -inf, flow matching at t = 1): h = inf, 1 - e^{-h} = 1.
     """
     h = t.lam - s.lam
-    out = (t.sigma / s.sigma) * x + (t.alpha * h * phi_1(-h)) * x0
+    if derivatives and not math.isfinite(h):
+        raise ValueError("a step from lambda = -inf has no derivative terms (its history cannot give them)")
+    out = torch.add((t.sigma / s.sigma) * x, x0, alpha=t.alpha * -math.expm1(-h))
     for k, d in enumerate(derivatives, start=1):
-        out = out + (t.alpha * h ** (k + 1) * PHI[k + 1](-h)) * d
+        out = out.add_(d, alpha=t.alpha * h ** (k + 1) * PHI[k + 1](-h))
+    return out
+
+
+def noise_step(x, s: Coefficients, t: Coefficients, eps, derivatives=()):
+    """Noise-prediction exponential-integrator step s -> t (Lu et al. 2022, eq. 3.4), truncated after len(derivatives).
+
+      x_t = (alpha_t / alpha_s) x_s - sigma_t sum_k h^{k+1} phi_{k+1}(h) eps^{(k)}(lambda_s),
+    eps: the noise prediction at s (or an estimate of it elsewhere in the step); derivatives: estimates of
+    d^k eps / dlambda^k at s. With no derivatives it is DDIM: x_t = (alpha_t/alpha_s) x_s - sigma_t expm1(h) eps.
+    alpha_s must be > 0: in noise prediction a step cannot leave lambda = -inf.
+    """
+    h = t.lam - s.lam
+    if not math.isfinite(h):
+        raise ValueError(f"a noise-prediction step needs alpha > 0 at its start; t={s.t:g} has alpha = {s.alpha:g}")
+    out = torch.add(math.exp(t.log_alpha - s.log_alpha) * x, eps, alpha=-t.sigma * math.expm1(h))
+    for k, d in enumerate(derivatives, start=1):
+        out = out.add_(d, alpha=-t.sigma * h ** (k + 1) * PHI[k + 1](h))
     return out
 
 
 class History:
-    """The newest `size` (lambda, x0) pairs of a multistep solver, newest last; local to the solver's loop."""
+    """The newest `size` (lambda, prediction) pairs of a multistep solver, newest last; local to the solver's loop.
+
+    A point at lambda = -inf (alpha = 0: flow matching's t = 1) is kept only while it is the newest: no difference
+    can be taken across it, so the steps after it warm up again from the next point.
+    """
 
     def __init__(self, size: int):
         self.size, self.lams, self.values = size, [], []
 
     def push(self, lam: float, value) -> None:
-        self.lams = (self.lams + [lam])[-self.size:]
-        self.values = (self.values + [value])[-self.size:]
+        keep = [i for i, v in enumerate(self.lams) if math.isfinite(v)] if math.isfinite(lam) else []
+        self.lams = ([self.lams[i] for i in keep] + [lam])[-self.size:]
+        self.values = ([self.values[i] for i in keep] + [value])[-self.size:]
 
     def __len__(self) -> int:
         return len(self.values)
