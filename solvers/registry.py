@@ -29,7 +29,7 @@ class SolverSpec:
     name: str
     fn: Callable
     kind: str  # "ode" (deterministic, PF-ODE) or "sde" (stochastic)
-    order: float  # ode: global order; sde: weak order
+    order: float  # ode: global order; sde: weak order (with the default options)
     default_grid: str
     nfe_per_step: int | Callable[[dict], int] | None = None  # evaluations on every step (maybe by options)
     steps_for_nfe: Callable[[int, dict], int] | None = None  # (budget, resolved options) -> steps; fn gets nfe=
@@ -41,6 +41,11 @@ class SolverSpec:
     stochastic_if: Callable[[dict], bool] | None = None  # kind "ode" solvers that draw noise for some options
     takes_generator: bool = True
     schedules: tuple[str, ...] | None = None  # schedule kinds it runs on (Schedule.kind); None: any
+    order_of: Callable[[dict], float] | None = None  # the declared order as a function of the options, if it varies
+
+    def declared_order(self, options: dict | None = None) -> float:
+        """The declared order (ode) or weak order (sde) with these options (defaults filled in)."""
+        return self.order if self.order_of is None else float(self.order_of(self.resolve_options(options or {})))
 
     def supports(self, schedule) -> bool:
         """Whether this solver runs on `schedule` (a Schedule or its kind)."""
@@ -127,7 +132,7 @@ class SolverSpec:
 _REGISTRY: dict[str, SolverSpec] = {}
 
 
-def solver(name: str, *, kind: str = "ode", order: float | None = None, weak_order: float | None = None,
+def solver(name: str, *, kind: str = "ode", order: float | Callable[[dict], float] | None = None, weak_order: float | None = None,
            strong_order: float | None = None, nfe_per_step: int | Callable[[dict], int] | None = None,
            steps_for_nfe: Callable[[int, dict], int] | None = None, adaptive: bool = False,
            default_grid: str = "logsnr", valid_nfe: str | None = None, check: Callable[[dict], None] | None = None,
@@ -137,6 +142,7 @@ def solver(name: str, *, kind: str = "ode", order: float | None = None, weak_ord
     kind: "ode" (deterministic) or "sde" (draws noise through `generator`, see solvers.noise).
     order: the declared global order (ode) or weak order (sde; `weak_order` says the same), and for
       an sde optionally `strong_order`; `bench check` holds each declaration against a measurement.
+      A function of the resolved options (e.g. `lambda o: o["order"]`) for solvers whose order is an option.
     The NFE rule, exactly one of:
       nfe_per_step: evaluations every step costs (an int, or a function of the resolved options);
       steps_for_nfe(nfe, options) -> steps, raising ValueError for budgets it cannot spend exactly:
@@ -159,7 +165,9 @@ def solver(name: str, *, kind: str = "ode", order: float | None = None, weak_ord
         raise ValueError(f"solver {name!r}: order={order} and weak_order={weak_order} disagree (for an sde they are "
                          "the same declaration)")
     order = order if order is not None else weak_order
-    for label, value in (("order", order), ("strong_order", strong_order)):
+    order_of = order if callable(order) else None
+    declared = [("strong_order", strong_order)] + ([] if order_of else [("order", order)])
+    for label, value in declared:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
             raise ValueError(f"solver {name!r}: {label} must be a number > 0, got {value!r}")
     if order is None:
@@ -201,8 +209,14 @@ def solver(name: str, *, kind: str = "ode", order: float | None = None, weak_ord
         else:
             valid = "see the solver's documentation"
         doc = (inspect.getdoc(fn) or "").split("\n")[0]
+        declared = order
+        if order_of is not None:
+            declared = order_of(options)
+            if isinstance(declared, bool) or not isinstance(declared, (int, float)) or declared <= 0:
+                raise ValueError(f"solver {name!r}: order(options) must give a number > 0, got {declared!r}")
         _REGISTRY[name] = SolverSpec(
-            name=name, fn=fn, kind=kind, order=order, strong_order=strong_order, default_grid=default_grid,
+            name=name, fn=fn, kind=kind, order=declared, order_of=order_of, strong_order=strong_order,
+            default_grid=default_grid,
             nfe_per_step=nfe_per_step, steps_for_nfe=steps_for_nfe, valid_nfe=valid, options=options,
             check_options=check, description=description if description is not None else doc,
             stochastic_if=stochastic_if, takes_generator=takes_generator, schedules=schedules)

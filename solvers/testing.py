@@ -64,11 +64,12 @@ def check_order(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, curv
         return Outcome(solver, name, "n/a", "adaptive: no fixed budgets (see convergence as tolerances tighten)")
     curve = curve or error_curve(solver, model, x_T, nfes, **kw)
     result = fit(curve.nfes, curve.errors, curve.floor)
-    lo, hi = order_band(spec.order)
+    order = spec.declared_order({k: v for k, v in kw.items() if k in spec.options})
+    lo, hi = order_band(order)
     what = f"weak order (E log p, {curve.samples:,} samples)" if curve.kind == "weak" else "order"
-    declared = f"declared {spec.order:g}, band [{lo:g}, {hi:g}]"
+    declared = f"declared {order:g}, band [{lo:g}, {hi:g}]"
     if result.ok:
-        ok = in_band(result.order, spec.order)
+        ok = in_band(result.order, order)
         detail = f"{what} {result.order:.2f} [{result.lo:.2f}, {result.hi:.2f}] over NFE {result.nfe_range}, {declared}"
     else:
         ok, detail = False, f"{what} not measurable: {result.note}; {declared}"
