@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from .exponential import History, data_step
+from .exponential import History, data_step, step_order
 from .model import Model
 from .registry import solver
 
 STARTS = ("lower_order", "singlestep")
 CURVATURES = ("taylor", "half")
-FEW_STEPS = 10  # lower_order_final lowers the last orders below this many steps (DPM-Solver's rule, as dpm_solver_2m)
 
 
 def _coefficients(model: Model, grid):
@@ -52,14 +51,6 @@ def dpmpp_2s(model: Model, x, grid, *, nfe):
     return x
 
 
-def _order_at(order: int, i: int, steps: int, have: int, lower_order_final: bool) -> int:
-    """The order of step i: at most `order` and the history's length; lower at the end of few steps."""
-    o = min(order, have)
-    if lower_order_final and steps < FEW_STEPS:
-        o = min(o, steps - i)
-    return o
-
-
 def _multistep_update(x, s, t, hist: History, order: int, curvature: float = 1.0):
     """Step s -> t from the history: order 1 DDIM, 2 the 2M update (x0 extrapolated linearly to lambda_s + h/2,
     Algorithm 2), 3 eq. 10 to x0'' (its term scaled by `curvature`)."""
@@ -77,7 +68,7 @@ def dpmpp_2m(model: Model, x, grid, *, lower_order_final: bool = True):
     steps, hist = len(c) - 1, History(2)
     for i in range(steps):
         hist.push(c[i].lam, model.x0(x, c[i].t))
-        x = _multistep_update(x, c[i], c[i + 1], hist, _order_at(2, i, steps, len(hist), lower_order_final))
+        x = _multistep_update(x, c[i], c[i + 1], hist, step_order(2, i, steps, len(hist), lower_order_final))
     return x
 
 
@@ -114,5 +105,5 @@ def dpmpp_3m(model: Model, x, grid, *, nfe, lower_order_final: bool = True, star
             x, m, x0_m = _step_2s(model, x, s, t, hist.newest())
             hist.push(m.lam, x0_m)
             continue
-        x = _multistep_update(x, s, t, hist, _order_at(3, i, steps, len(hist), lower_order_final), scale)
+        x = _multistep_update(x, s, t, hist, step_order(3, i, steps, len(hist), lower_order_final), scale)
     return x

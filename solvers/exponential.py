@@ -14,6 +14,7 @@ import torch
 
 from .schedules import Coefficients
 
+FEW_STEPS = 10  # lower_order_final lowers the last orders below this many steps (DPM-Solver's rule)
 SERIES_BELOW = 1.0  # |z| below which phi_k is summed as its series (the closed forms cancel there)
 _TERMS = 24  # series terms: 1 / 24! < 1e-23
 
@@ -76,6 +77,15 @@ def noise_step(x, s: Coefficients, t: Coefficients, eps, derivatives=()):
     for k, d in enumerate(derivatives, start=1):
         out = out.add_(d, alpha=-t.sigma * h ** (k + 1) * PHI[k + 1](h))
     return out
+
+
+def step_order(order: int, i: int, steps: int, have: int, lower_order_final: bool) -> int:
+    """The order of a multistep solver's step i of `steps`: at most `order` and `have` (the history's length),
+    and with `lower_order_final` below FEW_STEPS steps, at most the steps left (DPM-Solver's rule)."""
+    o = min(order, have)
+    if lower_order_final and steps < FEW_STEPS:
+        o = min(o, steps - i)
+    return o
 
 
 class History:
