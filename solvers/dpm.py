@@ -2,7 +2,8 @@
 
 With h = lambda_t - lambda_s, the exact PF-ODE solution is
   x_t = (alpha_t / alpha_s) x_s - alpha_t * int_{lambda_s}^{lambda_t} e^{-lambda} eps(x_lambda) dlambda,
-and the solvers Taylor-expand eps in lambda. All coefficients are float64 `expm1` forms.
+and the solvers Taylor-expand eps in lambda: every update is solvers.exponential.noise_step, with float64 `expm1` and
+phi-function coefficients.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import math
 
 import torch
 
+from .exponential import History, multistep_update, noise_step, step_order
 from .model import Model
 from .noise import randn_like
 from .options import (
@@ -21,6 +23,7 @@ from .options import (
     positive_int,
 )
 from .registry import solver
+from .schedules import Coefficients
 
 ADAPTIVE_DTYPES = (torch.float32, torch.float64)
 H_INIT_MIN = 1e-6  # smallest first step in lambda; smaller ones cannot move t in float64 near t_end
@@ -37,60 +40,47 @@ class _Times:
         self.lam = schedule.lambda_(t).tolist()
 
 
-def _point(schedule, lam: float) -> tuple[float, float, float]:
-    """(t, log alpha, sigma) at log-SNR `lam`."""
-    c = schedule.at(float(schedule.t_of_lambda(torch.tensor(lam, dtype=torch.float64))))
-    return c.t, c.log_alpha, c.sigma
-
-
 # --- single updates s -> t (eps_s may be given to reuse an evaluation) --------------------
+
+
+def _at_lambda(schedule, lam: float) -> Coefficients:
+    return schedule.at(float(schedule.t_of_lambda(torch.tensor(lam, dtype=torch.float64))))
 
 
 def first_update(model: Model, x, s, t, eps_s=None):
     """DPM-Solver-1 = DDIM (eta=0): x_t = (alpha_t/alpha_s) x_s - sigma_t expm1(h) eps_s. Order 1, 1 NFE."""
     cs, ct = model.schedule.at(s), model.schedule.at(t)
-    la_s, la_t, h, sig_t = cs.log_alpha, ct.log_alpha, ct.lam - cs.lam, ct.sigma
-    if eps_s is None:
-        eps_s = model.eps(x, s)
-    return math.exp(la_t - la_s) * x - (sig_t * math.expm1(h)) * eps_s
+    return noise_step(x, cs, ct, model.eps(x, s) if eps_s is None else eps_s)
 
 
 def second_update(model: Model, x, s, t, r1=0.5, eps_s=None, return_mid=False):
-    """DPM-Solver-2 (Algorithm 1 of the paper) with midpoint at lambda_s + r1 h. Order 2, 2 NFE."""
+    """DPM-Solver-2 (Algorithm 1 of the paper) with midpoint at lambda_s + r1 h. Order 2, 2 NFE.
+
+    Its second-order term is expm1(h) (eps_1 - eps_s) / (2 r1), the paper's DPM-Solver-2 (not the phi_2 form)."""
     sched = model.schedule
     cs, ct = sched.at(s), sched.at(t)
-    la_s, la_t, lam_s, sig_t = cs.log_alpha, ct.log_alpha, cs.lam, ct.sigma
-    h = ct.lam - cs.lam
-    s1, la_1, sig_1 = _point(sched, lam_s + r1 * h)
+    c1 = _at_lambda(sched, cs.lam + r1 * (ct.lam - cs.lam))
     if eps_s is None:
         eps_s = model.eps(x, s)
-    u1 = math.exp(la_1 - la_s) * x - (sig_1 * math.expm1(r1 * h)) * eps_s
-    eps_1 = model.eps(u1, s1)
-    phi = math.expm1(h)
-    x_t = math.exp(la_t - la_s) * x - (sig_t * phi) * eps_s - (0.5 / r1 * sig_t * phi) * (eps_1 - eps_s)
+    eps_1 = model.eps(noise_step(x, cs, c1, eps_s), c1.t)
+    x_t = noise_step(x, cs, ct, torch.lerp(eps_s, eps_1, 0.5 / r1))
     return (x_t, eps_s, eps_1) if return_mid else x_t
 
 
 def third_update(model: Model, x, s, t, r1=1.0 / 3.0, r2=2.0 / 3.0, eps_s=None, eps_1=None):
-    """DPM-Solver-3 (Algorithm 2 of the paper), intermediate points at r1 h and r2 h. Order 3, 3 NFE."""
+    """DPM-Solver-3 (Algorithm 2 of the paper), intermediate points at r1 h and r2 h. Order 3, 3 NFE.
+
+    Each point is a noise_step with the derivative eps' estimated by the difference from eps_s."""
     sched = model.schedule
     cs, ct = sched.at(s), sched.at(t)
-    la_s, la_t, lam_s, sig_t = cs.log_alpha, ct.log_alpha, cs.lam, ct.sigma
     h = ct.lam - cs.lam
-    s1, la_1, sig_1 = _point(sched, lam_s + r1 * h)
-    s2, la_2, sig_2 = _point(sched, lam_s + r2 * h)
+    c1, c2 = _at_lambda(sched, cs.lam + r1 * h), _at_lambda(sched, cs.lam + r2 * h)
     if eps_s is None:
         eps_s = model.eps(x, s)
     if eps_1 is None:
-        u1 = math.exp(la_1 - la_s) * x - (sig_1 * math.expm1(r1 * h)) * eps_s
-        eps_1 = model.eps(u1, s1)
-    phi_2 = math.expm1(r2 * h)
-    u2 = (math.exp(la_2 - la_s) * x - (sig_2 * phi_2) * eps_s
-          - (sig_2 * r2 / r1 * (phi_2 / (r2 * h) - 1.0)) * (eps_1 - eps_s))
-    eps_2 = model.eps(u2, s2)
-    phi = math.expm1(h)
-    return (math.exp(la_t - la_s) * x - (sig_t * phi) * eps_s
-            - (sig_t / r2 * (phi / h - 1.0)) * (eps_2 - eps_s))
+        eps_1 = model.eps(noise_step(x, cs, c1, eps_s), c1.t)
+    eps_2 = model.eps(noise_step(x, cs, c2, eps_s, ((eps_1 - eps_s) / (r1 * h),)), c2.t)
+    return noise_step(x, cs, ct, eps_s, ((eps_2 - eps_s) / (r2 * h),))
 
 
 # --- DDIM ---------------------------------------------------------------------------------
@@ -172,43 +162,22 @@ for _o in (1, 2, 3):
 
 def _multistep(order: int):
     def solve(model: Model, x, grid, *, lower_order_final: bool = True):
-        tt = _Times(model.schedule, grid)
-        steps = len(tt.t) - 1
-        eps_hist: list = []  # eps at the previous grid points, newest last
+        c = [model.schedule.at(t) for t in grid.tolist()]
+        steps, hist = len(c) - 1, History(order)
         for i in range(steps):
-            eps_hist = (eps_hist + [model.eps(x, tt.t[i])])[-order:]
-            o = min(order, i + 1)
-            if lower_order_final and steps < 10:
-                o = min(o, steps - i)  # DPM-Solver's advice for very few steps
-            x = _multistep_update(tt, i, x, eps_hist[-o:])
+            hist.push(c[i].lam, model.eps(x, c[i].t))
+            o = step_order(order, i, steps, len(hist), lower_order_final)
+            x = multistep_update(noise_step, x, c[i], c[i + 1], hist, o, curvature=0.5)
         return x
 
     solve.__name__ = solve.__qualname__ = f"dpm_solver_{order}m"
     solve.__doc__ = (f"Multistep DPM-Solver-{order} (Lu et al. 2022, App. B), warming up with lower orders; "
                      f"global order 2, 1 NFE per step.")
-    # The first-order warm-up step has local error O(h^2): the global order is 2 for 3m too (measured 2.1).
+    # Its 3rd-order update halves the eps'' term of the Taylor expansion (curvature=0.5, as DPM-Solver's code):
+    # exact only for eps linear in lambda, so the global order is 2 for 3m too (measured 2.1; 2.9 with it doubled).
     return solver(f"dpm_solver_{order}m", order=2, nfe_per_step=1, default_grid="logsnr",
                   description=f"multistep DPM-Solver-{order}" + (
-                      " (3rd-order steps after a 1st/2nd-order warm-up: global order 2)" if order == 3 else ""))(solve)
-
-
-def _multistep_update(tt: _Times, i: int, x, eps):
-    """Step grid[i] -> grid[i+1] from eps at grid[i - len(eps) + 1 .. i] (newest last)."""
-    lam, t1 = tt.lam, i + 1
-    h = lam[t1] - lam[i]
-    phi = math.expm1(h)
-    sig_t = tt.sigma[t1]
-    x = math.exp(tt.log_alpha[t1] - tt.log_alpha[i]) * x - (sig_t * phi) * eps[-1]
-    if len(eps) == 2:
-        r0 = (lam[i] - lam[i - 1]) / h
-        x = x - (0.5 * sig_t * phi / r0) * (eps[-1] - eps[-2])
-    elif len(eps) == 3:
-        r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
-        d1_0, d1_1 = (eps[-1] - eps[-2]) / r0, (eps[-2] - eps[-3]) / r1
-        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-        d2 = (d1_0 - d1_1) / (r0 + r1)
-        x = x - (sig_t * (phi / h - 1.0)) * d1 - (sig_t * ((phi - h) / h**2 - 0.5)) * d2
-    return x
+                      " (its halved 2nd-derivative term gives global order 2)" if order == 3 else ""))(solve)
 
 
 for _o in (2, 3):

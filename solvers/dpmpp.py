@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .exponential import History, data_step, step_order
+from .exponential import History, data_step, multistep_update, step_order
 from .model import Model
 from .registry import solver
 
@@ -51,15 +51,6 @@ def dpmpp_2s(model: Model, x, grid, *, nfe):
     return x
 
 
-def _multistep_update(x, s, t, hist: History, order: int, curvature: float = 1.0):
-    """Step s -> t from the history: order 1 DDIM, 2 the 2M update (x0 extrapolated linearly to lambda_s + h/2,
-    Algorithm 2), 3 eq. 10 to x0'' (its term scaled by `curvature`)."""
-    d = hist.derivatives(order)
-    if order == 2:
-        return data_step(x, s, t, hist.newest() + (0.5 * (t.lam - s.lam)) * d[0])
-    return data_step(x, s, t, hist.newest(), d[:1] + tuple(curvature * v for v in d[1:]))
-
-
 @solver("dpmpp_2m", order=2, nfe_per_step=1, default_grid="logsnr",
         description="multistep DPM-Solver++(2M), data prediction")
 def dpmpp_2m(model: Model, x, grid, *, lower_order_final: bool = True):
@@ -68,7 +59,7 @@ def dpmpp_2m(model: Model, x, grid, *, lower_order_final: bool = True):
     steps, hist = len(c) - 1, History(2)
     for i in range(steps):
         hist.push(c[i].lam, model.x0(x, c[i].t))
-        x = _multistep_update(x, c[i], c[i + 1], hist, step_order(2, i, steps, len(hist), lower_order_final))
+        x = multistep_update(data_step, x, c[i], c[i + 1], hist, step_order(2, i, steps, len(hist), lower_order_final))
     return x
 
 
@@ -105,5 +96,5 @@ def dpmpp_3m(model: Model, x, grid, *, nfe, lower_order_final: bool = True, star
             x, m, x0_m = _step_2s(model, x, s, t, hist.newest())
             hist.push(m.lam, x0_m)
             continue
-        x = _multistep_update(x, s, t, hist, step_order(3, i, steps, len(hist), lower_order_final), scale)
+        x = multistep_update(data_step, x, s, t, hist, step_order(3, i, steps, len(hist), lower_order_final), scale)
     return x

@@ -126,3 +126,16 @@ class History:
         d1 = (m[-2] - m[-3]) / (lam[-2] - lam[-3])
         second = (d0 - d1) * (2.0 / (lam[-1] - lam[-3]))  # x0'' of the parabola through the three points
         return (d0 + second * (0.5 * (lam[-1] - lam[-2])), second)
+
+
+def multistep_update(step, x, s: Coefficients, t: Coefficients, hist: History, order: int, curvature: float = 1.0):
+    """A multistep update s -> t by `step` (data_step or noise_step) from the newest `order` points of `hist`.
+
+    Order 1: the exponential Euler step (DDIM). Order 2: the prediction extrapolated linearly to lambda_s + h/2
+    (DPM-Solver++(2M), Algorithm 2; DPM-Solver-2M). Order 3: the Taylor expansion to the 2nd derivative, its term
+    scaled by `curvature` (1: eq. 10; 0.5: DPM-Solver's multistep code, diffusers and k-diffusion, global order 2).
+    """
+    d = hist.derivatives(order)
+    if order == 2:
+        return step(x, s, t, torch.add(hist.newest(), d[0], alpha=0.5 * (t.lam - s.lam)))
+    return step(x, s, t, hist.newest(), d[:1] + tuple(curvature * v for v in d[1:]))
