@@ -135,7 +135,8 @@ def multistep_update(step, x, s: Coefficients, t: Coefficients, hist: History, o
     (DPM-Solver++(2M), Algorithm 2; DPM-Solver-2M). Order 3: the Taylor expansion to the 2nd derivative, its term
     scaled by `curvature` (1: eq. 10; 0.5: DPM-Solver's multistep code, diffusers and k-diffusion, global order 2).
     """
+    if order == 2:  # newest + (h/2) (newest - previous) / (lambda difference): one lerp pass
+        (l0, l1), (m0, m1) = hist.lams[-2:], hist.values[-2:]
+        return step(x, s, t, torch.lerp(m0, m1, 1.0 + 0.5 * (t.lam - s.lam) / (l1 - l0)))
     d = hist.derivatives(order)
-    if order == 2:
-        return step(x, s, t, torch.add(hist.newest(), d[0], alpha=0.5 * (t.lam - s.lam)))
     return step(x, s, t, hist.newest(), d[:1] + tuple(curvature * v for v in d[1:]))

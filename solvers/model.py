@@ -74,12 +74,11 @@ class Model:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ModelOutputError(f"model output has shape {got}, expected {tuple(x.shape)} "
                                        f"(evaluation {self.nfe} at t={float(t):.6g})", float(t), self.nfe)
-            finite = torch.isfinite(out).all()
             if out.is_cuda:  # checked in check_pending(), so that no evaluation waits for the GPU
-                self._pending.append((self.nfe, float(t), finite))
+                self._pending.append((self.nfe, float(t), torch.isfinite(out).all()))
                 if len(self._pending) >= 1024:
                     self.check_pending()
-            elif not finite:
+            elif not _all_finite(out):
                 raise ModelOutputError(
                     f"model returned NaN/Inf (evaluation {self.nfe} at t={float(t):.6g})", float(t), self.nfe)
         return out.to(x.dtype)
@@ -132,6 +131,14 @@ class Model:
         """Reverse-time SDE drift (in t): f(t) x - g(t)^2 score = f x + g^2 / sigma eps."""
         c = self.schedule.at(t)
         return c.f * x + (c.g2 / c.sigma) * self.eps(x, t)
+
+
+def _all_finite(out: torch.Tensor) -> bool:
+    """Whether every value is finite. A NaN or Inf makes the sum non-finite, so one read-only reduction (at least
+    float32) settles the usual case; only a non-finite sum, which finite values can also give by overflowing, pays
+    for the elementwise check (isfinite().all() costs 20x the sum on a CPU)."""
+    acc = out.sum(dtype=torch.promote_types(out.dtype, torch.float32)) if out.is_floating_point() else out.sum()
+    return bool(torch.isfinite(acc)) or bool(torch.isfinite(out).all())
 
 
 def _sync(x: torch.Tensor) -> None:
