@@ -230,6 +230,22 @@ def test_nan_from_model_names_time_and_step(small):
         sample(model, x, "dpm_solver_2", nfe=10, timesteps="uniform")
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_output_check_finds_one_bad_value_and_passes_sums_that_overflow(dtype, bad):
+    """The check sums the output (a NaN/Inf makes the sum non-finite) and only then looks value by value: a single
+    bad value is caught, and finite outputs whose sum overflows (256 values at 0.9 x the float32/float64 maximum;
+    float16 is summed in float32, where it does not) are not."""
+    big = torch.full((64, 4), torch.finfo(dtype).max * 0.9, dtype=dtype)
+    model = Model(lambda x, t: big, VPSchedule.linear())
+    assert torch.equal(model.raw(torch.zeros(64, 4, dtype=dtype), 0.5), big)
+    one_bad = big.clone()
+    one_bad[37, 2] = bad
+    model = Model(lambda x, t: one_bad, VPSchedule.linear())
+    with pytest.raises(ModelOutputError, match="NaN/Inf"):
+        model.raw(torch.zeros(64, 4, dtype=dtype), 0.5)
+
+
 def test_wrong_output_shape_is_an_error(small):
     _, x = small
     model = Model(lambda x, t: x[:, :1], VPSchedule.linear())
