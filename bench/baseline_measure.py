@@ -162,7 +162,7 @@ def measure_cell(problem: Problem, cell: Cell, run=sample) -> list[dict]:
         note = f"failed: {e}"
     base = {"model": cell.model, "schedule": cell.schedule, "solver": cell.solver,
             "options": format_options(dict(cell.options)), "kind": "sde" if cell.stochastic else "ode",
-            "timesteps": get_solver(cell.solver).default_grid, "nfe": cell.nfe,
+            "timesteps": get_solver(cell.solver).grid_for(cell.schedule), "nfe": cell.nfe,
             "nfe_used": problem.model.nfe - start, "samples": len(x_T), "reference": note}
     return [{**base, "metric": m, "value": v, "stderr": se} for m, (v, se) in values.items()]
 

@@ -330,7 +330,7 @@ def run_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep) -> dict | None
     options = spec.resolve_options({})
     stochastic = spec.stochastic(options)
     row = {**cell.identity(), "run_id": sweep.run_id, "kind": "sde" if stochastic else "ode",
-           "order": float(spec.order), "timesteps": "adaptive" if spec.adaptive else spec.default_grid,
+           "order": float(spec.order), "timesteps": "adaptive" if spec.adaptive else spec.grid_for(cell.schedule),
            "options": json.dumps(options, sort_keys=True), "samples": group.n, "device": str(world.device),
            "repeats": sweep.repeats}
     if cell.nfe is not None and not spec.budgets([cell.nfe], options):
