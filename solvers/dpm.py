@@ -101,7 +101,7 @@ def _check_eta(opts):
 
 
 @solver("ddim", order=1, nfe_per_step=1, default_grid="logsnr", check=_check_eta,
-        stochastic_if=lambda opts: opts["eta"] > 0, starts_at_alpha_zero=True,
+        stochastic_if=lambda opts: opts["eta"] > 0, starts_at_alpha_zero=True, default_grids={"flow": "uniform"},
         description="DDIM; eta=0 deterministic, eta=1 DDPM ancestral")
 def ddim(model: Model, x, grid, *, generator=None, eta: float = 0.0):
     """DDIM (Song et al. 2021, eq. 12). eta=0: deterministic, order 1; eta=1: DDPM ancestral. 1 NFE/step.

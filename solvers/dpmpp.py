@@ -47,6 +47,7 @@ def _two_s_steps(nfe: int, options: dict) -> int:
 
 
 @solver("dpmpp_2s", order=2, steps_for_nfe=_two_s_steps, default_grid="logsnr", starts_at_alpha_zero=True,
+        default_grids={"flow": "uniform"},
         valid_nfe="any positive integer (an odd budget ends with one first-order step)",
         description="singlestep DPM-Solver++(2S), data prediction, midpoint r = 1/2")
 def dpmpp_2s(model: Model, x, grid, *, nfe):
