@@ -80,8 +80,7 @@ def _problem(model: str, schedule: str):
 
 def _runs_on(spec, schedule: str) -> bool:
     """Whether the checks run `spec` on `schedule`: it supports the schedule and can start at its T."""
-    sched = make_schedule(schedule)
-    return spec.supports(schedule) and (spec.starts_at_alpha_zero or sched.at(sched.T).alpha != 0.0)
+    return spec.supports(schedule) and spec.can_start(make_schedule(schedule))
 
 
 @functools.lru_cache(maxsize=8)

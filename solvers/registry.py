@@ -50,12 +50,18 @@ class SolverSpec:
         kind = schedule if isinstance(schedule, str) else schedule.kind
         return self.default_grids.get(kind, self.default_grid)
 
+    def can_start(self, schedule, t_start: float | None = None) -> bool:
+        """Whether this solver can start at t_start (default: the schedule's T): alpha > 0 there, or it starts at
+        alpha = 0 (lambda = -inf, FlowSchedule's t = 1) given a model with x0 there."""
+        t_start = schedule.T if t_start is None else t_start
+        return self.starts_at_alpha_zero or schedule.at(t_start).alpha != 0.0
+
     def check_start(self, model, t_start: float) -> None:
         """A ValueError (one line, before any evaluation) if this solver or model cannot start at t_start, where
         alpha = 0 (lambda = -inf, e.g. FlowSchedule's t = 1)."""
         if model.schedule.at(t_start).alpha != 0.0:
             return
-        if not self.starts_at_alpha_zero:
+        if not self.can_start(model.schedule, t_start):
             raise ValueError(f"solver {self.name!r} cannot start at t_start={t_start:g}, where alpha = 0 (lambda = "
                              f"-inf; its steps need alpha > 0 or finite f, g^2): give t_start < {t_start:g} or use a "
                              f"solver that starts there ({', '.join(n for n, s in _REGISTRY.items() if s.starts_at_alpha_zero)})")

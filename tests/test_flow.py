@@ -361,3 +361,15 @@ def test_bench_run_schedules_flow_writes_ok_rows(tmp_path):
     assert cells.loc["heun", "status"] == "skipped" and "t_start=1" in cells.loc["heun", "message"]
     ok = df[df["status"] == "ok"]
     assert ok["error_rmse"].notna().all() and (ok["error_rmse"] < 1.0).all() and ok["swd"].notna().all()
+
+
+def test_baseline_and_check_measure_flow_for_the_solvers_that_start_at_one():
+    from bench import check
+    from bench.baseline_measure import measure
+
+    starting = {n for n in list_solvers() if get_solver(n).starts_at_alpha_zero}
+    current = measure(["gmm2d"], ["flow"], orders=False, progress=False)
+    assert set(current["solver"]) == starting and set(current["schedule"]) == {"flow"}
+    assert current["value"].notna().all() and (current["value"].abs() < 10).all()
+    assert check._runs_on(get_solver("dpmpp_2m"), "flow") and not check._runs_on(get_solver("heun"), "flow")
+    assert check._runs_on(get_solver("heun"), "vp")
