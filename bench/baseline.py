@@ -24,7 +24,8 @@ def add_baseline_arguments(parser) -> None:
                         help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--schedules", type=cli.names("schedule", lambda: AVAILABLE_SCHEDULES),
                         default=",".join(SCHEDULES),
-                        help=f"comma-separated subset of {', '.join(AVAILABLE_SCHEDULES)} (default {','.join(SCHEDULES)})")
+                        help=f"comma-separated subset of {', '.join(AVAILABLE_SCHEDULES)} "
+                             f"(default {','.join(SCHEDULES)})")
     parser.add_argument("--solvers", type=cli.names("solver", list_solvers, allow_all=True), default="all",
                         help="'all' (every registered solver) or a comma-separated list")
     parser.add_argument("--dir", default=str(BASELINE_DIR), help="baseline directory (default: results/baselines)")

@@ -53,8 +53,8 @@ def add_check_arguments(parser) -> None:
                         help=f"exact models (default: {','.join(MODELS)})")
     parser.add_argument("--schedules", type=cli.names("schedule", lambda: SCHEDULES),
                         default=",".join(DEFAULT_SCHEDULES),
-                        help=f"schedules, of {', '.join(SCHEDULES)} (default: {','.join(DEFAULT_SCHEDULES)}); on flow the "
-                             "checks start at t = 1, so solvers that cannot start there are skipped")
+                        help=f"schedules, of {', '.join(SCHEDULES)} (default: {','.join(DEFAULT_SCHEDULES)}); on "
+                             "flow the checks start at t = 1, so solvers that cannot start there are skipped")
     parser.add_argument("--equal-to", type=_one_solver, default=None, metavar="OTHER",
                         help="also check each solver against OTHER on the same grids")
     parser.add_argument("--equal-tol", type=cli.positive_number, default=EQUAL_TOL,

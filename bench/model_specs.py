@@ -87,8 +87,8 @@ def plan(specs: list[str], schedules: list[str] | None, data: dict[str, str], da
                              fingerprint=rec.fingerprint)
         else:
             entry = describe(spec)
-            p = PlannedModel(spec, spec, entry.metric, default_schedules(spec) if schedules is None else list(schedules),
-                             prediction)
+            own = default_schedules(spec) if schedules is None else list(schedules)
+            p = PlannedModel(spec, spec, entry.metric, own, prediction)
         if p.name in claimed:
             raise ModelArgumentError(f"argument --models: two models are named {p.name!r}; give one of them another "
                                      "name (reference_models.user_model(..., name=...))")

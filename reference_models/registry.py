@@ -120,7 +120,8 @@ DEFAULT_FLOW_MODELS = ["gmm2d", "toy2d-8gaussians"]
 
 
 def default_schedules(name: str) -> list[str]:
-    """The schedules a run without --schedules gives the registered model `name`: vp, and flow for DEFAULT_FLOW_MODELS."""
+    """The schedules a run without --schedules gives the registered model `name`: vp (and flow for those of
+    DEFAULT_FLOW_MODELS)."""
     return ["vp", "flow"] if name in DEFAULT_FLOW_MODELS else ["vp"]
 
 

@@ -9,7 +9,7 @@ from . import dpm, dpmpp, ode, sde  # noqa: E402,F401  (register the solvers)
 from .ode import reference_solution  # noqa: E402
 
 __all__ = [
-    "GRIDS", "PREDICTIONS", "FlowSchedule", "Model", "ModelOutputError", "SampleInfo", "Schedule", "SolverSpec", "SubVPSchedule",
-    "VESchedule", "VPSchedule", "get_solver", "list_solvers", "make_grid", "per_sample_generators", "randn",
-    "randn_like", "reference_solution", "sample", "solver",
+    "GRIDS", "PREDICTIONS", "FlowSchedule", "Model", "ModelOutputError", "SampleInfo", "Schedule", "SolverSpec",
+    "SubVPSchedule", "VESchedule", "VPSchedule", "get_solver", "list_solvers", "make_grid", "per_sample_generators",
+    "randn", "randn_like", "reference_solution", "sample", "solver",
 ]

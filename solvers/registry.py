@@ -62,12 +62,13 @@ class SolverSpec:
         if model.schedule.at(t_start).alpha != 0.0:
             return
         if not self.can_start(model.schedule, t_start):
+            able = ", ".join(n for n, s in _REGISTRY.items() if s.starts_at_alpha_zero)
             raise ValueError(f"solver {self.name!r} cannot start at t_start={t_start:g}, where alpha = 0 (lambda = "
                              f"-inf; its steps need alpha > 0 or finite f, g^2): give t_start < {t_start:g} or use a "
-                             f"solver that starts there ({', '.join(n for n, s in _REGISTRY.items() if s.starts_at_alpha_zero)})")
+                             f"solver that starts there ({able})")
         if not model.gives_x0_at_alpha_zero:
-            raise ValueError(f"a model predicting {model.prediction!r} gives no x0 at t_start={t_start:g}, where alpha = 0:"
-                             f" give t_start < {t_start:g} or a model predicting x0, v or flow")
+            raise ValueError(f"a model predicting {model.prediction!r} gives no x0 at t_start={t_start:g}, where "
+                             f"alpha = 0: give t_start < {t_start:g} or a model predicting x0, v or flow")
 
     def declared_order(self, options: dict | None = None) -> float:
         """The declared order (ode) or weak order (sde) with these options (defaults filled in)."""
@@ -177,7 +178,8 @@ def solver(name: str, *, kind: str = "ode", order: float | Callable[[dict], floa
       adaptive=True: fn chooses its own steps from tolerance options, gets grid = [t_start, t_end]
         and returns (x, accepted times).
     default_grid: a grid name of solvers.GRIDS (or "shift:S"); default_grids: schedule kind -> grid name where
-      another grid is the default on that kind (euler: {"flow": "uniform"}). valid_nfe: how the valid budgets read in errors.
+      another grid is the default on that kind (euler: {"flow": "uniform"}).
+    valid_nfe: how the valid budgets read in errors.
     Options are fn's keyword-only parameters with defaults (other than generator and nfe); a given
     option must have its default's type, and `check(options)` may raise ValueError for bad values.
     stochastic_if(options): for an "ode" solver that draws noise for some options (ddim's eta > 0).

@@ -1,13 +1,25 @@
 """Flow matching: FlowSchedule (rectified flow), the "flow" (velocity) prediction, starts at t = 1 where alpha = 0,
 the shifted grid, the exact mixture under flow, and trained flow models in the harness."""
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from reference_models import GaussianMixture
-from solvers import (FlowSchedule, Model, SubVPSchedule, VESchedule, VPSchedule, get_solver, list_solvers,
-                     make_grid, reference_solution, sample, testing)
+from solvers import (
+    FlowSchedule,
+    Model,
+    SubVPSchedule,
+    VESchedule,
+    VPSchedule,
+    get_solver,
+    list_solvers,
+    make_grid,
+    reference_solution,
+    sample,
+    testing,
+)
 
 F64 = torch.float64
 NFES = [40, 80, 160, 320, 640]
@@ -84,7 +96,7 @@ def test_flow_prediction_round_trips_against_eps_and_x0(name):
         c = sched.at(t)
         x = c.alpha * x0 + c.sigma * eps
         v = c.d_alpha * x0 + c.d_sigma * eps
-        model = Model(lambda x_, t_: v, sched, prediction="flow")
+        model = Model(lambda x_, t_, v=v: v, sched, prediction="flow")
         scale = 1.0 + float(x0.abs().max())
         assert torch.max(torch.abs(model.x0(x, t) - x0)) < 1e-10 * scale, t
         assert torch.max(torch.abs(model.eps(x, t) - eps)) < 1e-10 * scale, t
@@ -285,7 +297,7 @@ def test_flow_training_target_agrees_with_the_model_conversions(schedule):
         tt = torch.full((32,), t, dtype=F64)
         c_out = den.coefficients(tt)[3][:, None]
         assert torch.isfinite(den.coefficients(tt)[4]).all()  # the noise level fed to the net is finite at t = 1
-        model = Model(lambda x, t_: den.target(x0, eps, t_) * c_out, den.schedule, "flow")
+        model = Model(lambda x, t_, c_out=c_out: den.target(x0, eps, t_) * c_out, den.schedule, "flow")
         c = den.schedule.at(t)
         xt = c.alpha * x0 + c.sigma * eps
         torch.testing.assert_close(model.x0(xt, t), x0, rtol=1e-9, atol=1e-9)
@@ -331,7 +343,12 @@ def test_bench_train_flow_trains_and_loads_back_as_flow(tmp_path, capsys, name):
 def test_registered_models_predict_the_velocity_on_flow_and_the_default_sweep_has_flow_models():
     from bench import model_specs
     from bench.sweep import Sweep
-    from reference_models.registry import DEFAULT_FLOW_MODELS, DEFAULT_MODELS, SCHEDULES, prediction_for
+    from reference_models.registry import (
+        DEFAULT_FLOW_MODELS,
+        DEFAULT_MODELS,
+        SCHEDULES,
+        prediction_for,
+    )
 
     assert "flow" in SCHEDULES and prediction_for("flow") == "flow" and prediction_for("vp", "x0") == "x0"
     assert set(DEFAULT_FLOW_MODELS) <= set(DEFAULT_MODELS) and "gmm2d" in DEFAULT_FLOW_MODELS
@@ -373,3 +390,32 @@ def test_baseline_and_check_measure_flow_for_the_solvers_that_start_at_one():
     assert current["value"].notna().all() and (current["value"].abs() < 10).all()
     assert check._runs_on(get_solver("dpmpp_2m"), "flow") and not check._runs_on(get_solver("heun"), "flow")
     assert check._runs_on(get_solver("heun"), "vp")
+
+
+def test_bench_run_trains_a_flow_model_on_first_use_and_samples_it_from_t_one(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from bench.__main__ import main
+    from reference_models import train as tr
+
+    monkeypatch.setitem(tr.SPECS, "toy2d-8gaussians", dataclasses.replace(tr.SPECS["toy2d-8gaussians"], steps=3))
+    out = tmp_path / "run"
+    assert main(["run", "--models", "toy2d-8gaussians", "--schedules", "flow", "--solvers", "euler,dpmpp_2m,pc",
+                 "--nfe", "4", "--samples", "16", "--repeats", "1", "--out", str(out), "--cache-dir",
+                 str(tmp_path / "cache"), "--quiet"]) == 0
+    df = pd.read_csv(out / "results.csv").set_index("solver")
+    assert set(df["prediction"]) == {"flow"} and set(df["schedule"]) == {"flow"}
+    assert (df.loc[["euler", "dpmpp_2m"], "status"] == "ok").all() and df.loc[["euler", "dpmpp_2m"], "swd"].notna().all()
+    assert df.loc["pc", "status"] == "skipped" and "t_start=1" in df.loc["pc", "message"]
+
+
+def test_auto_reference_of_a_flow_network_on_cuda_is_rk45():
+    import reference_models as rm
+    from bench import references
+
+    ref = rm.load("gmm2d", schedule="flow", prediction="flow")
+    net = dataclasses.replace(ref, kind="trained")
+    assert references.method("auto", net, "cuda") == ("rk45", references.NETWORK_TOL["rk45"])
+    vp = dataclasses.replace(rm.load("gmm2d"), kind="trained")
+    assert references.method("auto", vp, "cuda")[0] == "dpm_solver_adaptive"
+    assert references.method("auto", ref, "cuda")[0] == "dop853"
