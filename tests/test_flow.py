@@ -419,3 +419,16 @@ def test_auto_reference_of_a_flow_network_on_cuda_is_rk45():
     vp = dataclasses.replace(rm.load("gmm2d"), kind="trained")
     assert references.method("auto", vp, "cuda")[0] == "dpm_solver_adaptive"
     assert references.method("auto", ref, "cuda")[0] == "dop853"
+
+
+def test_run_configuration_records_the_default_sweeps_flow_schedules():
+    import argparse
+
+    from bench import model_specs
+    from bench.run import _schedules_of
+
+    default = model_specs.plan(["gmm2d", "digits"], None, {})
+    assert _schedules_of(argparse.Namespace(schedules=None), default) == {"gmm2d": ["vp", "flow"], "digits": ["vp"]}
+    vp_only = model_specs.plan(["gmm2d"], ["vp"], {})
+    assert _schedules_of(argparse.Namespace(schedules=None), vp_only) == ["vp"]
+    assert _schedules_of(argparse.Namespace(schedules=["flow"]), vp_only) == ["flow"]
