@@ -1,7 +1,8 @@
 """Measurement of the solver accuracy baselines: every registered solver on the exact mixtures, from fixed seeds.
 
 Everything is float64 on one CPU thread, so a rerun on the same machine gives the same numbers bit for bit.
-For gmm2d and gmm-digits under VP and VE, every solver in `solvers.list_solvers()`, at every budget of
+For gmm2d and gmm-digits under VP and VE (and on request flow, where models predict the velocity and the solvers
+that cannot start at t = 1 have no rows), every solver in `solvers.list_solvers()`, at every budget of
 NFES the solver spends exactly (adaptive solvers: one row at default tolerances):
 - deterministic solvers: RMSE and max error against the DOP853 reference from the same x_T;
 - stochastic solvers (and `STOCHASTIC_VARIANTS`, e.g. ddim with eta=1): the bias of E[log p_t_end(x)]
@@ -19,6 +20,7 @@ import pandas as pd
 import torch
 
 from reference_models import load
+from reference_models.registry import make_schedule, prediction_for
 from reference_models.threads import torch_threads
 from solvers import get_solver, list_solvers, per_sample_generators, reference_solution, sample
 
@@ -28,7 +30,8 @@ from .references import EXACT_TOL as EXACT_REFERENCE_TOL
 from .orders import fit
 
 MODELS = ("gmm2d", "gmm-digits")
-SCHEDULES = ("vp", "ve")
+SCHEDULES = ("vp", "ve")  # the stored baselines
+AVAILABLE_SCHEDULES = ("vp", "ve", "flow")  # what `bench baseline --schedules` accepts
 NFES = (5, 10, 20, 50, 100)
 ODE_SAMPLES = {"gmm2d": 256, "gmm-digits": 32}  # x_T per (model, schedule) for path errors
 SDE_SAMPLES = {"gmm2d": 1000, "gmm-digits": 200}  # stochastic samples, one generator each
@@ -68,7 +71,7 @@ def cells(models=MODELS, schedules=SCHEDULES, solvers=None, nfes=NFES) -> list[C
     out = []
     for model, schedule, name in itertools.product(models, schedules, list_solvers() if solvers is None else solvers):
         spec = get_solver(name)
-        if not spec.supports(schedule):  # reference-model schedule names are their kinds (vp, ve)
+        if not spec.supports(schedule) or not spec.can_start(make_schedule(schedule)):  # names are kinds (vp, ve)
             continue
         for opts in [{}] + ([STOCHASTIC_VARIANTS[name]] if name in STOCHASTIC_VARIANTS else []):
             budgets = [None] if spec.adaptive else spec.budgets(nfes, opts)
@@ -81,7 +84,7 @@ class Problem:
 
     def __init__(self, model: str, schedule: str):
         self.name, self.schedule_name = model, schedule
-        self.ref_model = load(model, schedule=schedule)
+        self.ref_model = load(model, schedule=schedule, prediction=prediction_for(schedule))
         if self.ref_model.mixture is None:
             raise ValueError(f"baselines need an exact model (closed-form marginals); {model!r} is not one")
         self.model, self.mixture = self.ref_model.model, self.ref_model.mixture
@@ -162,7 +165,7 @@ def measure_cell(problem: Problem, cell: Cell, run=sample) -> list[dict]:
         note = f"failed: {e}"
     base = {"model": cell.model, "schedule": cell.schedule, "solver": cell.solver,
             "options": format_options(dict(cell.options)), "kind": "sde" if cell.stochastic else "ode",
-            "timesteps": get_solver(cell.solver).default_grid, "nfe": cell.nfe,
+            "timesteps": get_solver(cell.solver).grid_for(cell.schedule), "nfe": cell.nfe,
             "nfe_used": problem.model.nfe - start, "samples": len(x_T), "reference": note}
     return [{**base, "metric": m, "value": v, "stderr": se} for m, (v, se) in values.items()]
 

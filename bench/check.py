@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from reference_models import load
-from reference_models.registry import SCHEDULES
+from reference_models.registry import SCHEDULES, make_schedule, prediction_for
 from reference_models.threads import torch_threads
 from solvers import get_solver, list_solvers, reference_solution
 from solvers.curves import REFERENCE_TOL, WEAK_NFES, Curve, error_curve, pool
@@ -34,6 +34,7 @@ from solvers.testing import check_order, check_solver
 from . import cli, plugins
 
 MODELS = ("gmm2d", "gmm-digits")
+DEFAULT_SCHEDULES = ("vp", "ve")  # flow on request: --schedules flow (models predict the velocity there)
 SEED = 0
 PATH_SAMPLES = {"gmm2d": 64, "gmm-digits": 16}  # x_T of the path-error curves (and of the budget sweeps)
 WEAK_SAMPLES = {"gmm2d": 100_000, "gmm-digits": 1_000}  # stochastic solvers: samples per budget
@@ -50,8 +51,10 @@ def add_check_arguments(parser) -> None:
     plugins.add_argument(parser)
     parser.add_argument("--models", type=cli.names("model", lambda: MODELS), default=",".join(MODELS),
                         help=f"exact models (default: {','.join(MODELS)})")
-    parser.add_argument("--schedules", type=cli.names("schedule", lambda: SCHEDULES), default=",".join(SCHEDULES),
-                        help=f"schedules (default: {','.join(SCHEDULES)})")
+    parser.add_argument("--schedules", type=cli.names("schedule", lambda: SCHEDULES),
+                        default=",".join(DEFAULT_SCHEDULES),
+                        help=f"schedules, of {', '.join(SCHEDULES)} (default: {','.join(DEFAULT_SCHEDULES)}); on "
+                             "flow the checks start at t = 1, so solvers that cannot start there are skipped")
     parser.add_argument("--equal-to", type=_one_solver, default=None, metavar="OTHER",
                         help="also check each solver against OTHER on the same grids")
     parser.add_argument("--equal-tol", type=cli.positive_number, default=EQUAL_TOL,
@@ -72,7 +75,12 @@ _one_solver.__name__ = "solver"
 
 @functools.lru_cache(maxsize=8)
 def _problem(model: str, schedule: str):
-    return load(model, schedule=schedule)
+    return load(model, schedule=schedule, prediction=prediction_for(schedule))
+
+
+def _runs_on(spec, schedule: str) -> bool:
+    """Whether the checks run `spec` on `schedule`: it supports the schedule and can start at its T."""
+    return spec.supports(schedule) and spec.can_start(make_schedule(schedule))
 
 
 @functools.lru_cache(maxsize=8)
@@ -199,7 +207,7 @@ def _main(args) -> int:
     rows, records, failed_parts, timings = [], [], [], {}
     for name in args.solvers:
         spec, start, parts = get_solver(name), time.perf_counter(), []
-        schedules = [s for s in args.schedules if spec.supports(s)]
+        schedules = [s for s in args.schedules if _runs_on(spec, s)]
         pairs = [(m, s) for m in args.models for s in schedules]
         for i, (model, schedule) in enumerate(pairs, 1):
             if not args.quiet:
@@ -207,10 +215,14 @@ def _main(args) -> int:
                       file=sys.stderr, flush=True)
             parts += check_pair(name, model, schedule, args.equal_to, args.equal_tol)
         solver_rows = _rows(parts)
-        skipped = [s for s in args.schedules if s not in schedules]
+        skipped = [s for s in args.schedules if not spec.supports(s)]
         if skipped:
             solver_rows.append(Outcome(name, "schedules", "n/a", f"skipped {', '.join(skipped)}: it runs on "
                                                                  f"{', '.join(spec.schedules)} schedules only"))
+        no_start = [s for s in args.schedules if spec.supports(s) and s not in schedules]
+        if no_start:
+            solver_rows.append(Outcome(name, "schedules", "n/a", f"skipped {', '.join(no_start)}: it cannot start at "
+                                                                 "t_start = T there, where alpha = 0"))
         timings[name] = time.perf_counter() - start
         if not args.quiet:
             print(f"check {name}: done in {timings[name]:.1f} s", file=sys.stderr, flush=True)

@@ -66,10 +66,13 @@ def parse_data(values: list[str] | None, specs: list[str]) -> dict[str, str]:
     return out
 
 
-def plan(specs: list[str], schedules: list[str], data: dict[str, str], data_range: str = "auto",
+def plan(specs: list[str], schedules: list[str] | None, data: dict[str, str], data_range: str = "auto",
          device: str = "cpu", cache_dir=None, prediction: str = "eps") -> list[PlannedModel]:
-    """Resolve the user's models and check every model's data; ModelArgumentError (one line) for anything wrong."""
-    from reference_models.registry import describe
+    """Resolve the user's models and check every model's data; ModelArgumentError (one line) for anything wrong.
+
+    schedules: the registered models' schedules; None: each its default schedules (registry.default_schedules).
+    """
+    from reference_models.registry import default_schedules, describe
 
     if data_range not in DATA_RANGES:
         raise ModelArgumentError(f"argument --data-range: invalid choice {data_range!r}; valid: {', '.join(DATA_RANGES)}")
@@ -84,7 +87,8 @@ def plan(specs: list[str], schedules: list[str], data: dict[str, str], data_rang
                              fingerprint=rec.fingerprint)
         else:
             entry = describe(spec)
-            p = PlannedModel(spec, spec, entry.metric, list(schedules), prediction)
+            own = default_schedules(spec) if schedules is None else list(schedules)
+            p = PlannedModel(spec, spec, entry.metric, own, prediction)
         if p.name in claimed:
             raise ModelArgumentError(f"argument --models: two models are named {p.name!r}; give one of them another "
                                      "name (reference_models.user_model(..., name=...))")

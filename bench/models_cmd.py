@@ -50,14 +50,18 @@ device.__name__ = "device"
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from bench.cli import MAX_SEED, integer, writable_dir
+    from reference_models.nets import TARGETS
+    from reference_models.registry import SCHEDULES
     from reference_models.train import SPECS
 
     parser.add_argument("name", choices=list(SPECS), help="the trained model to train")
     parser.add_argument("--steps", type=integer(1), default=None, help="optimiser steps (default: the model's own)")
     parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
                         help="seed of initialisation, data order and noise")
-    parser.add_argument("--prediction", choices=["eps", "x0", "v"], default="eps", help="what the network predicts")
-    parser.add_argument("--schedule", choices=["vp", "ve"], default="vp", help="noise schedule")
+    parser.add_argument("--prediction", choices=list(TARGETS), default="eps",
+                        help="what the network predicts (flow: the velocity, eps - x0 on --schedule flow)")
+    parser.add_argument("--schedule", choices=list(SCHEDULES), default="vp",
+                        help="noise schedule (flow: rectified flow, trained with t ~ U(0, 1))")
     parser.add_argument("--batch-size", type=integer(1), default=None, help="batch size (default: the model's own)")
     parser.add_argument("--device", type=device, default="cpu", help="torch device: cpu, cuda, cuda:N, mps")
     parser.add_argument("--data-root", default=None, help="cifar10/mnist: torchvision data root "

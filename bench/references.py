@@ -24,7 +24,7 @@ import math
 import torch
 
 from reference_models import ReferenceModel
-from solvers import reference_solution, sample
+from solvers import get_solver, reference_solution, sample
 
 from .schema import REFERENCE_MARGIN as MARGIN
 
@@ -58,11 +58,15 @@ reference_choice.__name__ = "reference method"
 
 
 def method(choice: str, ref: ReferenceModel, device) -> tuple[str, float]:
-    """(method, tolerance) that `choice` means for this model on this device."""
+    """(method, tolerance) that `choice` means for this model on this device (auto: rk45 for a network on CUDA where
+    the schedule starts at alpha = 0, which dpm_solver_adaptive cannot start from)."""
     name, _, tol = choice.partition(":")
     if name == "auto":
+        cuda = torch.device(device).type == "cuda"
+        alpha_zero = ref.schedule.at(ref.schedule.T).alpha == 0.0
         name = "dop853" if ref.kind == "exact" else (
-            "dpm_solver_adaptive" if torch.device(device).type == "cuda" else "rk45")
+            "dpm_solver_adaptive" if cuda and not (alpha_zero and not get_solver("dpm_solver_adaptive")
+                                                   .starts_at_alpha_zero) else "rk45")
     return name, float(tol) if tol else (EXACT_TOL if ref.kind == "exact" else NETWORK_TOL[name])
 
 

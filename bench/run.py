@@ -116,8 +116,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"NFE budgets of fixed-budget solvers (default {DEFAULT_NFE})")
     p.add_argument("--seeds", type=integers("seed", 0, MAX_SEED), default=[0],
                    help=f"seeds of the prior noise, integers in [0, {MAX_SEED}] (default 0)")
-    p.add_argument("--schedules", type=names("schedule", _schedules), default=["vp"],
-                   help="noise schedules, vp and/or ve (default vp; trained models are trained for each on first use)")
+    p.add_argument("--schedules", type=names("schedule", _schedules), default=None,
+                   help="noise schedules: vp, ve and/or flow (rectified flow; registered models predict the velocity "
+                        "there). Default: vp, and without --models also flow for the default flow models (gmm2d, "
+                        "toy2d-8gaussians). Trained models are trained for each on first use")
     p.add_argument("--samples", type=integer(1), default=None,
                    help="samples per cell (default: 1000 for 2-D models, 200 for image models)")
     p.add_argument("--repeats", type=integer(1), default=DEFAULT_REPEATS,
@@ -140,12 +142,21 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     plugins.add_argument(p)
 
 
+def _schedules_of(args, planned):
+    """The run's schedules for its configuration: --schedules, else ["vp"], else (the default sweep, with flow
+    models) the schedules of each registered model."""
+    if args.schedules:
+        return args.schedules
+    by_model = {p.name: p.schedules for p in planned if not p.user}
+    return ["vp"] if all(s == ["vp"] for s in by_model.values()) else by_model
+
+
 def _config(args, planned) -> dict:
     """What makes two runs the same run: a run directory is resumed only with all of these equal (a user's model
     by its fingerprint, real data by its content hash)."""
     from solvers import list_solvers
 
-    config = {"models": [p.spec for p in planned], "schedules": args.schedules,
+    config = {"models": [p.spec for p in planned], "schedules": _schedules_of(args, planned),
               "solvers": args.solvers or list_solvers(), "nfe": args.nfe, "seeds": args.seeds,
               "samples": _samples_per_model(planned, args.samples), "repeats": args.repeats, "prediction": "eps"}
     fingerprints = {p.name: p.fingerprint for p in planned if p.user}
@@ -450,8 +461,10 @@ def _plan(args, world):
     from . import model_specs
 
     specs = args.models or list(reference_models.DEFAULT_MODELS)
+    # the default sweep (no --models, no --schedules): each model on its default schedules (vp, and flow for some)
+    schedules = args.schedules or (None if args.models is None else ["vp"])
     try:
-        planned = model_specs.plan(specs, args.schedules, model_specs.parse_data(args.data, specs), args.data_range,
+        planned = model_specs.plan(specs, schedules, model_specs.parse_data(args.data, specs), args.data_range,
                                    device=str(world.device), cache_dir=args.cache_dir)
         model_specs.check_samples(planned, _samples_per_model(planned, args.samples))
     except model_specs.ModelArgumentError as e:
@@ -483,10 +496,11 @@ def _run(args, world) -> int:
             return _refuse(world, *error)
         if world.main:
             manifest = _start_manifest(run_dir, manifest, args, config, world, planned)
-        sweep = Sweep([p.name for p in planned], config["solvers"], args.nfe, args.seeds, args.schedules,
+        sweep = Sweep([p.name for p in planned], config["solvers"], args.nfe, args.seeds, args.schedules or ["vp"],
                       samples=args.samples, batch_size=args.batch_size, cache_dir=args.cache_dir, run_id=run_dir.name,
                       repeats=args.repeats, reference=args.reference,
-                      model_schedules={p.name: (p.schedules, p.prediction) for p in planned if p.user})
+                      model_schedules={p.name: (p.schedules, p.prediction) for p in planned if p.user},
+                      registered_schedules={p.name: p.schedules for p in planned if not p.user})
         df = run_sweep(sweep, run_dir, world, loader=model_specs.loader(planned), progress=not args.quiet,
                        retry_failed=args.retry_failed)
         if world.main:

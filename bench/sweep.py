@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 import reference_models
 from reference_models import ReferenceModel
+from reference_models.registry import prediction_for
 from solvers import get_solver, per_sample_generators, sample
 
 from . import arrays, metrics, quality, references, schema
@@ -79,17 +80,25 @@ class Sweep:
     reference: str = "auto"  # how the reference solution is computed (bench.references)
     # a user's models: name -> (their schedule labels, their prediction kind); others take schedules and prediction
     model_schedules: dict = field(default_factory=dict)
+    # registered models: name -> their schedule labels where not `schedules` (the default sweep's flow models)
+    registered_schedules: dict = field(default_factory=dict)
 
     def cells(self) -> list[Cell]:
-        """The grid, grouped by (model, schedule, seed) so that each group loads its model once."""
+        """The grid, grouped by (model, schedule, seed) so that each group loads its model once.
+
+        A registered model predicts `prediction`, and the velocity ("flow") on the flow schedule (prediction_for).
+        """
         out = []
         for m in self.models:
-            schedules, prediction = self.model_schedules.get(m, (self.schedules, self.prediction))
+            user = m in self.model_schedules
+            schedules, prediction = self.model_schedules.get(
+                m, (self.registered_schedules.get(m, self.schedules), self.prediction))
             for sch in schedules:
+                pred = prediction if user else prediction_for(sch, prediction)
                 for seed in self.seeds:
                     for s in self.solvers:
                         budgets = [None] if get_solver(s).adaptive else self.nfes
-                        out += [Cell(m, sch, prediction, s, n, seed) for n in budgets]
+                        out += [Cell(m, sch, pred, s, n, seed) for n in budgets]
         return out
 
 
@@ -330,7 +339,7 @@ def run_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep) -> dict | None
     options = spec.resolve_options({})
     stochastic = spec.stochastic(options)
     row = {**cell.identity(), "run_id": sweep.run_id, "kind": "sde" if stochastic else "ode",
-           "order": float(spec.order), "timesteps": "adaptive" if spec.adaptive else spec.default_grid,
+           "order": float(spec.order), "timesteps": "adaptive" if spec.adaptive else spec.grid_for(cell.schedule),
            "options": json.dumps(options, sort_keys=True), "samples": group.n, "device": str(world.device),
            "repeats": sweep.repeats}
     if cell.nfe is not None and not spec.budgets([cell.nfe], options):
@@ -338,6 +347,10 @@ def run_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep) -> dict | None
     if not spec.supports(group.ref.schedule):
         return {**row, "status": "skipped", "message": f"runs on {', '.join(spec.schedules)} schedules only"
                 } if world.main else None
+    try:  # e.g. a solver that cannot start at alpha = 0 (the flow schedule's t = 1)
+        spec.check_start(group.ref.model, group.ref.schedule.T)
+    except ValueError as e:
+        return {**row, "status": "skipped", "message": str(e)} if world.main else None
     local = sample_cell(cell, group, warmed, sweep, stochastic)
     reports = world.gather_objects({k: v for k, v in local.items() if k != "x"})
     failures = [f"rank {r}: {p['error']}" if world.active else p["error"] for r, p in enumerate(reports) if p["error"]]

@@ -3,6 +3,8 @@
 If x_0 ~ sum_k w_k N(mu_k, S_k) and x_t = alpha x_0 + sigma eps, then
 p_t = sum_k w_k N(alpha mu_k, alpha^2 S_k + sigma^2 I), so every solver error measured on such a
 model is pure discretisation error. Each S_k is kept as its eigendecomposition U diag(d) U^T.
+The posterior mean E[x_0 | x_t] = sum_k r_k (mu_k + alpha S_k C_k^{-1} (x - alpha mu_k)) holds at alpha = 0 too
+(FlowSchedule's t = 1: responsibilities = weights, x0 = the mixture mean).
 """
 from __future__ import annotations
 
@@ -48,8 +50,9 @@ class GaussianMixture:
             raise ValueError(f"shape {self.shape} does not hold {d} dimensions")
 
     # --- marginals ------------------------------------------------------------------------
-    def _components(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
-        """Per-component log N(x; alpha mu_k, alpha^2 S_k + sigma^2 I) and C_k^{-1}(x - alpha mu_k).
+    def _components(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, posterior: bool = False):
+        """Per-component log N(x; alpha mu_k, alpha^2 S_k + sigma^2 I) and C_k^{-1}(x - alpha mu_k)
+        (and with `posterior`, the component posterior means mu_k + alpha S_k C_k^{-1}(x - alpha mu_k)).
 
         x: (B, D) float64; alpha, sigma: (B,) float64.
         """
@@ -58,6 +61,9 @@ class GaussianMixture:
         proj = torch.einsum("bkd,kde->bke", diff, self.evecs)  # coordinates in each eigenbasis
         logn = -0.5 * ((proj**2 / var).sum(-1) + torch.log(var).sum(-1) + self.dim * math.log(2 * math.pi))
         prec_diff = torch.einsum("bke,kde->bkd", proj / var, self.evecs)
+        if posterior:
+            shrink = torch.einsum("bke,kde->bkd", alpha[:, None, None] * self.evals[None] * proj / var, self.evecs)
+            return logn + self.log_weights, prec_diff, self.means[None] + shrink
         return logn + self.log_weights, prec_diff
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,16 +114,20 @@ class GaussianMixture:
             tt = t.detach().to(_F64).cpu()
             alpha, sigma = schedule.alpha(tt), schedule.sigma(tt)
             xf = self._flat(x).cpu()
-            logn, prec_diff = self._components(xf, alpha, sigma)
-            score = -(torch.softmax(logn, dim=1)[:, :, None] * prec_diff).sum(1)
+            logn, prec_diff, means = self._components(xf, alpha, sigma, posterior=True)
+            resp = torch.softmax(logn, dim=1)[:, :, None]
+            score = -(resp * prec_diff).sum(1)
             a, s = alpha[:, None], sigma[:, None]
             if prediction == "score":
                 out = score
             elif prediction == "eps":
                 out = -s * score
-            else:
-                x0 = (xf + s**2 * score) / a
-                out = x0 if prediction == "x0" else a * (-s * score) - s * x0
+            else:  # Tweedie's x0 where alpha > 0 (as always), the posterior mean itself where alpha = 0
+                x0 = torch.where(a > 0, (xf + s**2 * score) / a, (resp * means).sum(1))
+                if prediction == "flow":
+                    out = schedule.d_alpha(tt)[:, None] * x0 + schedule.d_sigma(tt)[:, None] * (-s * score)
+                else:
+                    out = x0 if prediction == "x0" else a * (-s * score) - s * x0
             return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
         return Model(fn, schedule, prediction=prediction)

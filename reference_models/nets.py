@@ -4,9 +4,11 @@
 c_in(t) x with c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2) (unit-variance input under VP and
 VE alike), is conditioned on the noise level n(t) = -lambda(t) = log(sigma / alpha), and its raw
 output r is scaled by c_out(t), the prior standard deviation of the chosen target:
-eps -> 1, x0 -> sigma_data, v = alpha eps - sigma x0 -> sqrt(alpha^2 + sigma^2 sigma_data^2).
+eps -> 1, x0 -> sigma_data, v = alpha eps - sigma x0 -> sqrt(alpha^2 + sigma^2 sigma_data^2),
+flow = alpha' x0 + sigma' eps -> sqrt(alpha'^2 sigma_data^2 + sigma'^2) (a constant on FlowSchedule).
 Training minimises E || r - target / c_out ||^2, i.e. the target's MSE weighted by 1 / c_out^2:
-the plain eps / x0 / v losses on VP with sigma_data = 1.
+the plain eps / x0 / v losses on VP with sigma_data = 1, the flow-matching loss on FlowSchedule.
+The noise level n = -lambda is clamped to [-N_MAX, N_MAX], finite at FlowSchedule's t = 1 (lambda = -inf) and t = 0.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from torch import nn
 from solvers import Schedule
 
 _F64 = torch.float64
-TARGETS = ("eps", "x0", "v")
+TARGETS = ("eps", "x0", "v", "flow")
+N_MAX = 20.0  # |noise level| fed to the network; VP and VE reference schedules stay within 12
 
 
 class FourierNoiseEmbedding(nn.Module):
@@ -101,9 +104,12 @@ class Denoiser(nn.Module):
         a, s = self.schedule.alpha(t64), self.schedule.sigma(t64)
         sd2 = self.sigma_data**2
         c_in = torch.rsqrt(a**2 * sd2 + s**2)
-        c_out = {"eps": torch.ones_like(a), "x0": torch.full_like(a, self.sigma_data),
-                 "v": torch.sqrt(a**2 + s**2 * sd2)}[self.prediction]
-        return a, s, c_in, c_out, self.schedule.lambda_(t64).neg()
+        if self.prediction == "flow":
+            c_out = torch.sqrt(self.schedule.d_alpha(t64) ** 2 * sd2 + self.schedule.d_sigma(t64) ** 2)
+        else:
+            c_out = {"eps": torch.ones_like(a), "x0": torch.full_like(a, self.sigma_data),
+                     "v": torch.sqrt(a**2 + s**2 * sd2)}[self.prediction]
+        return a, s, c_in, c_out, self.schedule.lambda_(t64).neg().clamp(-N_MAX, N_MAX)
 
     def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The network's unscaled output r (the training loss is on r)."""
@@ -121,8 +127,13 @@ class Denoiser(nn.Module):
         """Training target for r: (eps | x0 | v) / c_out."""
         a, s, _, c_out, _ = self.coefficients(t)
         a, s, c_out = (_bcast(c, x0).to(x0.device) for c in (a, s, c_out))
-        tgt = {"eps": lambda: eps.to(_F64), "x0": lambda: x0.to(_F64),
-               "v": lambda: a * eps.to(_F64) - s * x0.to(_F64)}[self.prediction]()
+        if self.prediction == "flow":
+            t64 = t.detach().to(device="cpu", dtype=_F64)
+            da, ds = (_bcast(c, x0).to(x0.device) for c in (self.schedule.d_alpha(t64), self.schedule.d_sigma(t64)))
+            tgt = da * x0.to(_F64) + ds * eps.to(_F64)
+        else:
+            tgt = {"eps": lambda: eps.to(_F64), "x0": lambda: x0.to(_F64),
+                   "v": lambda: a * eps.to(_F64) - s * x0.to(_F64)}[self.prediction]()
         return (tgt / c_out).to(x0.dtype)
 
 

@@ -15,12 +15,20 @@ from dataclasses import dataclass, field
 
 import torch
 
-from solvers import PREDICTIONS, Model, Schedule, VESchedule, VPSchedule
+from solvers import PREDICTIONS, FlowSchedule, Model, Schedule, VESchedule, VPSchedule
 
 from . import digits, toy2d
 from .gmm import GaussianMixture
 
-SCHEDULES = ("vp", "ve")
+SCHEDULES = ("vp", "ve", "flow")
+# What the registered models predict on each schedule when a run does not say: the velocity on flow (a model
+# predicting eps gives no x0 at t = 1, where flow samplers start), else eps.
+PREDICTION_ON = {"flow": "flow"}
+
+
+def prediction_for(schedule: str, prediction: str = "eps") -> str:
+    """The prediction a registered model takes on `schedule`: "flow" on the flow schedule, else `prediction`."""
+    return PREDICTION_ON.get(schedule, prediction)
 
 
 @dataclass
@@ -70,11 +78,13 @@ class Entry:
 
 
 def make_schedule(name: str) -> Schedule:
-    """The schedules reference models are built on: score_sde's VP linear and VE (sigma 0.01..50)."""
+    """The schedules reference models are built on: score_sde's VP linear and VE (sigma 0.01..50), rectified flow."""
     if name == "vp":
         return VPSchedule.linear(0.1, 20.0)
     if name == "ve":
         return VESchedule(0.01, 50.0)
+    if name == "flow":
+        return FlowSchedule()
     raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
 
 
@@ -103,8 +113,16 @@ MODELS: dict[str, Entry] = {
 # Noise floor's second real sample where it is not a fresh draw of `data`: the digits' training split.
 _TRAIN_DATA = {"gmm-digits": digits.train_draw, "digits": digits.train_draw}
 
-# What `python -m bench run` sweeps by default: the exact models and the small trained ones.
+# What `python -m bench run` sweeps by default: the exact models and the small trained ones, on VP; and the models
+# of DEFAULT_FLOW_MODELS on the flow schedule too (the exact 8-mode mixture and the MLP trained on its data).
 DEFAULT_MODELS = ["gmm2d", "gmm-digits", *(f"toy2d-{k}" for k in toy2d.SAMPLERS), "digits"]
+DEFAULT_FLOW_MODELS = ["gmm2d", "toy2d-8gaussians"]
+
+
+def default_schedules(name: str) -> list[str]:
+    """The schedules a run without --schedules gives the registered model `name`: vp (and flow for those of
+    DEFAULT_FLOW_MODELS)."""
+    return ["vp", "flow"] if name in DEFAULT_FLOW_MODELS else ["vp"]
 
 
 def list_models() -> list[str]:

@@ -1,9 +1,10 @@
 """Training the reference models: one spec per name, one denoising loop (AdamW, EMA, tqdm), safe checkpoints.
 
-The loss is the denoising loss of the chosen target (eps, x0 or v; Ho et al. 2020, Salimans &
-Ho 2022) in the scaled form of `nets.Denoiser`. Times are drawn uniformly in log-SNR lambda on
-[lambda(T), lambda(t_end)], the variable the solvers step in (DPM-Solver, Lu et al. 2022), so
-every noise level a sampler visits is trained equally. Runs are deterministic on CPU for a seed.
+The loss is the denoising loss of the chosen target (eps, x0, v or flow; Ho et al. 2020, Salimans &
+Ho 2022, Lipman et al. 2023) in the scaled form of `nets.Denoiser`. Times are drawn uniformly in log-SNR
+lambda on [lambda(T), lambda(t_end)], the variable the solvers step in (DPM-Solver, Lu et al. 2022), so
+every noise level a sampler visits is trained equally; on FlowSchedule (lambda(T) = -inf) uniformly in t on
+[0, 1), the flow-matching recipe (Liu et al. 2022, Lipman et al. 2023). Runs are deterministic on CPU for a seed.
 """
 from __future__ import annotations
 
@@ -125,15 +126,18 @@ def build_denoiser(spec: TrainSpec, schedule: str, prediction: str, seed: int | 
 
 
 def sample_times(den: Denoiser, n: int, generator: torch.Generator) -> torch.Tensor:
-    """Times uniform in lambda between the schedule's T and its default t_end (float64, shape (n,))."""
+    """Times uniform in lambda between the schedule's T and its default t_end (float64, shape (n,)); on
+    FlowSchedule, uniform in t on [0, 1)."""
     s = den.schedule
+    if s.kind == "flow":
+        return torch.rand(n, generator=generator, dtype=torch.float64)
     lam_hi, lam_lo = s.lambda_(s.default_t_end), s.lambda_(s.T)
     u = torch.rand(n, generator=generator, dtype=torch.float64)
     return s.t_of_lambda(lam_lo + u * (lam_hi - lam_lo)).clamp(s.default_t_end, s.T)
 
 
 def denoising_loss(den: Denoiser, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """E || r(alpha x0 + sigma eps, t) - target / c_out ||^2 over a batch, t uniform in lambda."""
+    """E || r(alpha x0 + sigma eps, t) - target / c_out ||^2 over a batch, t from `sample_times`."""
     t = sample_times(den, len(x0), generator)
     eps = randn(tuple(x0.shape), generator=generator).to(x0.device)
     shape = (-1,) + (1,) * (x0.ndim - 1)

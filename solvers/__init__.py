@@ -3,13 +3,13 @@ from .grids import GRIDS, make_grid
 from .model import PREDICTIONS, Model, ModelOutputError
 from .noise import per_sample_generators, randn, randn_like
 from .registry import SampleInfo, SolverSpec, get_solver, list_solvers, sample, solver
-from .schedules import Schedule, SubVPSchedule, VESchedule, VPSchedule
+from .schedules import FlowSchedule, Schedule, SubVPSchedule, VESchedule, VPSchedule
 
 from . import dpm, dpmpp, ode, sde  # noqa: E402,F401  (register the solvers)
 from .ode import reference_solution  # noqa: E402
 
 __all__ = [
-    "GRIDS", "PREDICTIONS", "Model", "ModelOutputError", "SampleInfo", "Schedule", "SolverSpec", "SubVPSchedule",
-    "VESchedule", "VPSchedule", "get_solver", "list_solvers", "make_grid", "per_sample_generators", "randn",
-    "randn_like", "reference_solution", "sample", "solver",
+    "GRIDS", "PREDICTIONS", "FlowSchedule", "Model", "ModelOutputError", "SampleInfo", "Schedule", "SolverSpec",
+    "SubVPSchedule", "VESchedule", "VPSchedule", "get_solver", "list_solvers", "make_grid", "per_sample_generators",
+    "randn", "randn_like", "reference_solution", "sample", "solver",
 ]

@@ -91,27 +91,26 @@ def _check_eta(opts):
 
 
 @solver("ddim", order=1, nfe_per_step=1, default_grid="logsnr", check=_check_eta,
-        stochastic_if=lambda opts: opts["eta"] > 0, description="DDIM; eta=0 deterministic, eta=1 DDPM ancestral")
+        stochastic_if=lambda opts: opts["eta"] > 0, starts_at_alpha_zero=True, default_grids={"flow": "uniform"},
+        description="DDIM; eta=0 deterministic, eta=1 DDPM ancestral")
 def ddim(model: Model, x, grid, *, generator=None, eta: float = 0.0):
     """DDIM (Song et al. 2021, eq. 12). eta=0: deterministic, order 1; eta=1: DDPM ancestral. 1 NFE/step.
 
-    Written in alpha, sigma: x_t = alpha_t x0 + sqrt(sigma_t^2 - c^2) eps + c z with
-    c = eta sigma_t sqrt(1 - e^{-2h}), which is DDIM's sigma_t for VP and extends to any schedule
+    Written in x0, alpha, sigma: x_t = alpha_t x0 + sqrt(sigma_t^2 - c^2) eps + c z with eps = (x_s - alpha_s x0) /
+    sigma_s and c = eta sigma_t sqrt(1 - e^{-2h}), which is DDIM's sigma_t for VP and extends to any schedule
     (eta = 1: the exact posterior std of q(x_t | x_s, x0), e.g. sigma_t sqrt(sigma_s^2 - sigma_t^2) / sigma_s
-    for VE). For eta > 1, c is capped at sigma_t. Noise comes from `generator` (see solvers.noise).
+    for VE). For eta > 1, c is capped at sigma_t. Starts where alpha_s = 0 (FlowSchedule's t = 1: eps = x_s / sigma_s,
+    h = inf). Noise comes from `generator` (see solvers.noise).
     """
-    tt = _Times(model.schedule, grid)
-    for i in range(len(tt.t) - 1):
-        a_s, a_t = math.exp(tt.log_alpha[i]), math.exp(tt.log_alpha[i + 1])
-        s_s, s_t = tt.sigma[i], tt.sigma[i + 1]
-        eps = model.eps(x, tt.t[i])
-        x0 = (x - s_s * eps) / a_s
+    c = [model.schedule.at(t) for t in grid.tolist()]
+    for s, t in zip(c[:-1], c[1:]):
+        x0 = model.x0(x, s.t)
+        eps = (x - s.alpha * x0) / s.sigma
         if eta == 0:
-            x = a_t * x0 + s_t * eps
+            x = t.alpha * x0 + t.sigma * eps
         else:
-            c = eta * s_t * math.sqrt(-math.expm1(-2.0 * (tt.lam[i + 1] - tt.lam[i])))
-            c = min(c, s_t)
-            x = a_t * x0 + math.sqrt(s_t * s_t - c * c) * eps + c * randn_like(x, generator)
+            noise = min(eta * t.sigma * math.sqrt(-math.expm1(-2.0 * (t.lam - s.lam))), t.sigma)
+            x = t.alpha * x0 + math.sqrt(t.sigma * t.sigma - noise * noise) * eps + noise * randn_like(x, generator)
     return x
 
 

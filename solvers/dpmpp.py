@@ -5,6 +5,8 @@ Every update is `data_step` from grid[i] to grid[i+1]: 2S evaluates x0 at the la
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .exponential import History, data_step, multistep_update, step_order
@@ -20,9 +22,15 @@ def _coefficients(model: Model, grid):
 
 
 def _midpoint(model: Model, s, t):
-    """Coefficients at lambda_s + h/2."""
+    """Coefficients at lambda_s + h/2; from lambda_s = -inf (alpha_s = 0), at lambda_t - log 2 instead.
+
+    From alpha_s = 0 the step's exact solution integrates x0 in u = e^lambda = alpha/sigma over [0, u_t]
+    (x_t = (sigma_t/sigma_s) x_s + sigma_t int x0 du), and x0 at the midpoint in u, u_t / 2, makes that a
+    second-order midpoint rule: the same 2 evaluations, order 2.
+    """
     sched = model.schedule
-    return sched.at(float(sched.t_of_lambda(torch.tensor(0.5 * (s.lam + t.lam), dtype=torch.float64))))
+    lam = 0.5 * (s.lam + t.lam) if math.isfinite(s.lam) else t.lam - math.log(2.0)
+    return sched.at(float(sched.t_of_lambda(torch.tensor(lam, dtype=torch.float64))))
 
 
 def _step_2s(model: Model, x, s, t, x0_s):
@@ -38,7 +46,8 @@ def _two_s_steps(nfe: int, options: dict) -> int:
     return nfe // 2 + nfe % 2
 
 
-@solver("dpmpp_2s", order=2, steps_for_nfe=_two_s_steps, default_grid="logsnr",
+@solver("dpmpp_2s", order=2, steps_for_nfe=_two_s_steps, default_grid="logsnr", starts_at_alpha_zero=True,
+        default_grids={"flow": "uniform"},
         valid_nfe="any positive integer (an odd budget ends with one first-order step)",
         description="singlestep DPM-Solver++(2S), data prediction, midpoint r = 1/2")
 def dpmpp_2s(model: Model, x, grid, *, nfe):
@@ -51,7 +60,7 @@ def dpmpp_2s(model: Model, x, grid, *, nfe):
     return x
 
 
-@solver("dpmpp_2m", order=2, nfe_per_step=1, default_grid="logsnr",
+@solver("dpmpp_2m", order=2, nfe_per_step=1, default_grid="logsnr", starts_at_alpha_zero=True,
         description="multistep DPM-Solver++(2M), data prediction")
 def dpmpp_2m(model: Model, x, grid, *, lower_order_final: bool = True):
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2), first step first-order; order 2, 1 NFE per step."""
@@ -75,6 +84,7 @@ def _three_m_steps(nfe: int, options: dict) -> int:
 
 
 @solver("dpmpp_3m", order=3, steps_for_nfe=_three_m_steps, default_grid="logsnr", check=_check_3m,
+        starts_at_alpha_zero=True,
         valid_nfe="any positive integer", description="multistep DPM-Solver++(3M), data prediction")
 def dpmpp_3m(model: Model, x, grid, *, nfe, lower_order_final: bool = True, start: str = "lower_order",
              curvature: str = "taylor"):

@@ -4,8 +4,11 @@ x_t = alpha x_0 + sigma eps. A network predicts one of
   eps    the noise,                       score = -eps / sigma
   score  grad log p_t(x),                 eps   = -sigma * score
   x0     the clean data,                  eps   = (x - alpha x0) / sigma
-  v      alpha eps - sigma x0 (Salimans & Ho 2022), inverted for any alpha, sigma.
-All conversions live here; solvers never branch on the prediction kind.
+  v      alpha eps - sigma x0 (Salimans & Ho 2022), inverted for any alpha, sigma,
+  flow   the velocity dx/dt = alpha' x0 + sigma' eps (flow matching; eps - x0 under FlowSchedule), inverted with
+         D = sigma' alpha - alpha' sigma: x0 = (sigma' x - sigma v) / D, eps = (alpha v - alpha' x) / D.
+All conversions live here; solvers never branch on the prediction kind. Where alpha = 0 (FlowSchedule's t = 1)
+x0 is defined only for the predictions of X0_AT_ALPHA_ZERO: eps and score carry no information about x0 there.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import torch
 
 from .schedules import Schedule
 
-PREDICTIONS = ("eps", "score", "x0", "v")
+PREDICTIONS = ("eps", "score", "x0", "v", "flow")
+X0_AT_ALPHA_ZERO = ("x0", "v", "flow")  # predictions that give x0 (and the PF-ODE drift) where alpha = 0
 
 
 class ModelOutputError(RuntimeError):
@@ -52,6 +56,11 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model(prediction={self.prediction!r}, schedule={self.schedule!r}, nfe={self.nfe})"
+
+    @property
+    def gives_x0_at_alpha_zero(self) -> bool:
+        """Whether x0 and the PF-ODE drift are defined where alpha = 0 (lambda = -inf) with this prediction."""
+        return self.prediction in X0_AT_ALPHA_ZERO
 
     def reset(self) -> None:
         self.nfe = 0
@@ -103,6 +112,8 @@ class Model:
             return -s * out
         if self.prediction == "x0":
             return (x - a * out) / s
+        if self.prediction == "flow":
+            return (a * out - c.d_alpha * x) / (c.d_sigma * a - c.d_alpha * s)
         return (s * x + a * out) / (a * a + s * s)
 
     def x0(self, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -115,6 +126,8 @@ class Model:
             return (x + s * s * out) / a
         if self.prediction == "x0":
             return out
+        if self.prediction == "flow":
+            return (c.d_sigma * x - s * out) / (c.d_sigma * a - c.d_alpha * s)
         return (a * x - s * out) / (a * a + s * s)
 
     def score(self, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -122,9 +135,30 @@ class Model:
             return self.raw(x, t)
         return self.eps(x, t) / -self.schedule.at(t).sigma
 
-    def ode_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """Probability-flow ODE: dx/dt = f(t) x - g(t)^2 / 2 * score = f x + g^2 / (2 sigma) eps."""
+    def velocity(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """The velocity alpha' x0 + sigma' eps from one evaluation (the "flow" prediction itself)."""
+        out = self.raw(x, t)
+        if self.prediction == "flow":
+            return out
         c = self.schedule.at(t)
+        a, s = c.alpha, c.sigma
+        if self.prediction == "x0":
+            x0 = out
+        elif self.prediction == "v":
+            x0 = (a * x - s * out) / (a * a + s * s)
+        else:  # eps, score: x0 from eps (alpha > 0 here; sample refuses a start at alpha = 0)
+            x0 = (x - s * out) / a if self.prediction == "eps" else (x + s * s * out) / a
+        return c.d_alpha * x0 + (c.d_sigma / s) * (x - a * x0)
+
+    def ode_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Probability-flow ODE: dx/dt = f(t) x - g(t)^2 / 2 * score = f x + g^2 / (2 sigma) eps.
+
+        Under FlowSchedule, and wherever alpha = 0 (f and g^2 infinite), the same drift is computed as the
+        velocity alpha' x0 + sigma' eps, finite at t = 1.
+        """
+        c = self.schedule.at(t)
+        if c.alpha == 0.0 or self.schedule.kind == "flow":
+            return self.velocity(x, t)
         return c.f * x + (0.5 * c.g2 / c.sigma) * self.eps(x, t)
 
     def sde_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:

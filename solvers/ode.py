@@ -11,9 +11,13 @@ from .options import DEFAULT_MAX_NFE, check_cap, check_positive, positive_int
 from .registry import solver
 
 
-@solver("euler", order=1, nfe_per_step=1, default_grid="logsnr", description="Euler on the PF-ODE in t")
+@solver("euler", order=1, nfe_per_step=1, default_grid="logsnr", default_grids={"flow": "uniform"},
+        starts_at_alpha_zero=True, description="Euler on the PF-ODE in t")
 def euler(model: Model, x, grid):
-    """Explicit Euler on the PF-ODE dx/dt = f x - g^2/2 score, in t. Order 1, 1 NFE per step."""
+    """Explicit Euler on the PF-ODE dx/dt = f x - g^2/2 score, in t. Order 1, 1 NFE per step.
+
+    Under FlowSchedule the drift is the velocity (Model.ode_drift), so this is the flow-matching Euler sampler,
+    on the uniform grid by default there."""
     times = grid.tolist()
     for t_cur, t_next in zip(times[:-1], times[1:]):
         x = x + (t_next - t_cur) * model.ode_drift(x, t_cur)
@@ -70,7 +74,7 @@ def _check_rk45(opts):
 
 
 @solver("rk45", order=5, adaptive=True, default_grid="uniform", valid_nfe="adaptive: set rtol/atol",
-        check=_check_rk45, description="scipy RK45 on the PF-ODE (score_sde)")
+        check=_check_rk45, starts_at_alpha_zero=True, description="scipy RK45 on the PF-ODE (score_sde)")
 def rk45(model: Model, x, grid, *, rtol: float = 1e-5, atol: float = 1e-5, max_nfe: int = DEFAULT_MAX_NFE):
     """Dormand-Prince RK45 through scipy.integrate.solve_ivp, as score_sde's ODE sampler. Order 5, adaptive.
 
@@ -82,10 +86,16 @@ def rk45(model: Model, x, grid, *, rtol: float = 1e-5, atol: float = 1e-5, max_n
 
 def reference_solution(model: Model, x_T: torch.Tensor, t_start: float | None = None, t_end: float | None = None,
                        rtol: float = 1e-10, atol: float = 1e-10) -> torch.Tensor:
-    """High-accuracy PF-ODE solution from x_T: scipy DOP853 in float64. Solver errors are measured against it."""
+    """High-accuracy PF-ODE solution from x_T: scipy DOP853 in float64. Solver errors are measured against it.
+
+    From alpha = 0 (FlowSchedule's t = 1) the drift is the velocity, which needs a model with x0 there.
+    """
     sched = model.schedule
     t_start = sched.T if t_start is None else t_start
     t_end = sched.default_t_end if t_end is None else t_end
+    if sched.at(t_start).alpha == 0.0 and not model.gives_x0_at_alpha_zero:
+        raise ValueError(f"a model predicting {model.prediction!r} gives no PF-ODE drift at t_start={t_start:g}, where "
+                         f"alpha = 0: give t_start < {t_start:g} or a model predicting x0, v or flow")
     with torch.no_grad():
         x, _ = solve_pf_ode(model, x_T.double(), t_start, t_end, "DOP853", rtol, atol)
     return x

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .grids import GRIDS, check_interval, make_grid
+from .grids import GRIDS, check_interval, grid_function, make_grid
 from .model import Model, ModelOutputError
 from .options import check_type
 
@@ -42,6 +42,33 @@ class SolverSpec:
     takes_generator: bool = True
     schedules: tuple[str, ...] | None = None  # schedule kinds it runs on (Schedule.kind); None: any
     order_of: Callable[[dict], float] | None = None  # the declared order as a function of the options, if it varies
+    starts_at_alpha_zero: bool = False  # it can start where alpha = 0 (lambda = -inf: FlowSchedule's t = 1)
+    default_grids: dict = field(default_factory=dict)  # schedule kind -> its default grid there, where not default_grid
+
+    def grid_for(self, schedule) -> str:
+        """The default grid on `schedule` (a Schedule or its kind)."""
+        kind = schedule if isinstance(schedule, str) else schedule.kind
+        return self.default_grids.get(kind, self.default_grid)
+
+    def can_start(self, schedule, t_start: float | None = None) -> bool:
+        """Whether this solver can start at t_start (default: the schedule's T): alpha > 0 there, or it starts at
+        alpha = 0 (lambda = -inf, FlowSchedule's t = 1) given a model with x0 there."""
+        t_start = schedule.T if t_start is None else t_start
+        return self.starts_at_alpha_zero or schedule.at(t_start).alpha != 0.0
+
+    def check_start(self, model, t_start: float) -> None:
+        """A ValueError (one line, before any evaluation) if this solver or model cannot start at t_start, where
+        alpha = 0 (lambda = -inf, e.g. FlowSchedule's t = 1)."""
+        if model.schedule.at(t_start).alpha != 0.0:
+            return
+        if not self.can_start(model.schedule, t_start):
+            able = ", ".join(n for n, s in _REGISTRY.items() if s.starts_at_alpha_zero)
+            raise ValueError(f"solver {self.name!r} cannot start at t_start={t_start:g}, where alpha = 0 (lambda = "
+                             f"-inf; its steps need alpha > 0 or finite f, g^2): give t_start < {t_start:g} or use a "
+                             f"solver that starts there ({able})")
+        if not model.gives_x0_at_alpha_zero:
+            raise ValueError(f"a model predicting {model.prediction!r} gives no x0 at t_start={t_start:g}, where "
+                             f"alpha = 0: give t_start < {t_start:g} or a model predicting x0, v or flow")
 
     def declared_order(self, options: dict | None = None) -> float:
         """The declared order (ode) or weak order (sde) with these options (defaults filled in)."""
@@ -136,7 +163,8 @@ def solver(name: str, *, kind: str = "ode", order: float | Callable[[dict], floa
            strong_order: float | None = None, nfe_per_step: int | Callable[[dict], int] | None = None,
            steps_for_nfe: Callable[[int, dict], int] | None = None, adaptive: bool = False,
            default_grid: str = "logsnr", valid_nfe: str | None = None, check: Callable[[dict], None] | None = None,
-           stochastic_if: Callable[[dict], bool] | None = None, schedules=None, description: str | None = None):
+           stochastic_if: Callable[[dict], bool] | None = None, schedules=None, description: str | None = None,
+           starts_at_alpha_zero: bool = False, default_grids: dict | None = None):
     """Register `fn(model, x, grid, *, generator=None, **options) -> x` as solver `name`; returns fn unchanged.
 
     kind: "ode" (deterministic) or "sde" (draws noise through `generator`, see solvers.noise).
@@ -149,11 +177,15 @@ def solver(name: str, *, kind: str = "ode", order: float | Callable[[dict], floa
         for solvers whose steps cost different numbers of evaluations; fn then receives `nfe=`;
       adaptive=True: fn chooses its own steps from tolerance options, gets grid = [t_start, t_end]
         and returns (x, accepted times).
-    default_grid: a grid name of solvers.GRIDS. valid_nfe: how the valid budgets read in errors.
+    default_grid: a grid name of solvers.GRIDS (or "shift:S"); default_grids: schedule kind -> grid name where
+      another grid is the default on that kind (euler: {"flow": "uniform"}).
+    valid_nfe: how the valid budgets read in errors.
     Options are fn's keyword-only parameters with defaults (other than generator and nfe); a given
     option must have its default's type, and `check(options)` may raise ValueError for bad values.
     stochastic_if(options): for an "ode" solver that draws noise for some options (ddim's eta > 0).
     schedules: the schedule kinds it runs on (e.g. ("vp",)); others are a ValueError. Default: any.
+    starts_at_alpha_zero: it can start where alpha = 0 (lambda = -inf, FlowSchedule's t = 1) given a model with x0
+      there (x0, v or flow prediction); `sample` refuses such a start, before any evaluation, for the others.
     """
     if not isinstance(name, str) or not name.strip() or name != name.strip() or "," in name:
         raise ValueError(f"solver name must be a non-empty string without commas or surrounding spaces, got {name!r}")
@@ -188,8 +220,13 @@ def solver(name: str, *, kind: str = "ode", order: float | Callable[[dict], floa
         schedules = (schedules,) if isinstance(schedules, str) else tuple(schedules)
         if not schedules or not all(isinstance(k, str) and k for k in schedules):
             raise ValueError(f"solver {name!r}: schedules must be schedule kinds such as 'vp', 've', got {schedules!r}")
-    if default_grid not in GRIDS:
-        raise ValueError(f"solver {name!r}: unknown default_grid {default_grid!r}; valid: {', '.join(GRIDS)}")
+    grids_by_kind = dict(default_grids or {})
+    for grid in (default_grid, *grids_by_kind.values()):
+        try:
+            grid_function(grid)
+        except ValueError:
+            raise ValueError(f"solver {name!r}: unknown default_grid {grid!r}; valid: {', '.join(GRIDS)}, shift:S "
+                             "(S > 0)") from None
 
     def register(fn: Callable) -> Callable:
         if not callable(fn):
@@ -219,7 +256,8 @@ def solver(name: str, *, kind: str = "ode", order: float | Callable[[dict], floa
             default_grid=default_grid,
             nfe_per_step=nfe_per_step, steps_for_nfe=steps_for_nfe, valid_nfe=valid, options=options,
             check_options=check, description=description if description is not None else doc,
-            stochastic_if=stochastic_if, takes_generator=takes_generator, schedules=schedules)
+            stochastic_if=stochastic_if, takes_generator=takes_generator, schedules=schedules,
+            starts_at_alpha_zero=bool(starts_at_alpha_zero), default_grids=grids_by_kind)
         return fn
 
     return register
@@ -310,13 +348,14 @@ def sample(model: Model, x_T: torch.Tensor, solver: str, nfe: int | None = None,
                              f"from {float(ends[0])!r} to {float(ends[-1])!r}; give the times alone or matching ends")
     t_start = sched.T if t_start is None else t_start
     t_end = sched.default_t_end if t_end is None else t_end
-    timesteps = spec.default_grid if timesteps is None else timesteps
+    timesteps = spec.grid_for(sched) if timesteps is None else timesteps
     if spec.adaptive:
         if nfe is not None:
             raise ValueError(f"solver {spec.name!r} is adaptive: set its tolerances (rtol, atol), not nfe")
         if not isinstance(timesteps, str):
             raise ValueError(f"solver {spec.name!r} is adaptive and chooses its own steps; pass no explicit grid")
         check_interval(sched, t_start, t_end)
+        spec.check_start(model, float(t_start))
         grid = torch.tensor([float(t_start), float(t_end)], dtype=torch.float64)
     else:
         budget = check_nfe(nfe) - int(bool(denoise_final))
@@ -327,6 +366,7 @@ def sample(model: Model, x_T: torch.Tensor, solver: str, nfe: int | None = None,
         except ValueError as e:
             raise ValueError(f"{e}{' (plus 1 for denoise_final)' if denoise_final else ''}") from None
         grid = make_grid(sched, timesteps, steps, t_start, t_end)
+        spec.check_start(model, float(grid[0]))
 
     start = model.nfe
     try:

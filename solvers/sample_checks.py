@@ -226,7 +226,7 @@ def check_equal(solver: str, other: str, model: Model, x_T: torch.Tensor, steps=
     name = f"equal to {other}"
     if a.adaptive or b.adaptive:
         return Outcome(solver, name, "n/a", "adaptive solvers choose their own grids")
-    kind, sched = timesteps or a.default_grid, model.schedule
+    kind, sched = timesteps or a.grid_for(model.schedule), model.schedule
     rows, worst, compared = [], 0.0, []
     for k in steps:
         na, nb = budget_for_steps(a, k, options), budget_for_steps(b, k, other_options)

@@ -1,5 +1,8 @@
 """Noise schedules: x_t = alpha(t) x_0 + sigma(t) eps, written in log-SNR lambda = log(alpha/sigma).
 
+VP (linear, cosine, discrete), sub-VP, VE, and rectified flow (alpha = 1 - t, sigma = t; Liu et al. 2022,
+SD3, Flux), which reaches alpha = 0 (lambda = -inf) at t = 1.
+
 Every method takes times as floats or tensors and returns float64 tensors. Solvers work in
 lambda (Lu et al. 2022, DPM-Solver, Sec. 3); the SDE coefficients follow Song et al. 2021
 (score_sde): dx = f(t) x dt + g(t) dw.
@@ -36,6 +39,8 @@ class Coefficients:
     lam: float
     f: float
     g2: float
+    d_alpha: float  # d alpha / dt
+    d_sigma: float  # d sigma / dt
 
 
 class Schedule:
@@ -74,6 +79,16 @@ class Schedule:
     def g(self, t) -> torch.Tensor:
         return torch.sqrt(self.g2(t))
 
+    # --- time derivatives of alpha and sigma (the velocity v = alpha' x0 + sigma' eps) -------------
+    def d_alpha(self, t) -> torch.Tensor:
+        """d alpha / dt = f alpha (f = d log alpha / dt)."""
+        return self.f(t) * self.alpha(t)
+
+    def d_sigma(self, t) -> torch.Tensor:
+        """d sigma / dt = (g^2 + 2 f sigma^2) / (2 sigma), from d sigma^2 / dt = 2 f sigma^2 + g^2."""
+        s = self.sigma(t)
+        return (self.g2(t) + 2.0 * self.f(t) * s * s) / (2.0 * s)
+
     def at(self, t) -> Coefficients:
         """All coefficients at the time t, memoised: solvers revisit the same grid times at every step."""
         t = float(t)
@@ -83,7 +98,7 @@ class Schedule:
             tt = torch.tensor(t, dtype=_F64)
             la = float(self.log_alpha(tt))
             c = Coefficients(t, la, math.exp(la), float(self.sigma(tt)), float(self.lambda_(tt)), float(self.f(tt)),
-                             float(self.g2(tt)))
+                             float(self.g2(tt)), float(self.d_alpha(tt)), float(self.d_sigma(tt)))
             if len(memo) >= 65536:
                 memo.clear()
             memo[t] = c
@@ -284,3 +299,46 @@ class VESchedule(Schedule):
 
     def describe(self):
         return {"kind": "ve", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
+class FlowSchedule(Schedule):
+    """Rectified flow (Liu et al. 2022; SD3, Esser et al. 2024; Flux): alpha = 1 - t, sigma = t, t in [0, 1].
+
+    The prior is N(0, I) at t = 1, where alpha = 0 and lambda = -inf: the schedule is valid there, with
+    f = -1/(1 - t) and g^2 = 2t/(1 - t) infinite (the SDE form); the velocity alpha' x0 + sigma' eps = eps - x0 is
+    finite (alpha' = -1, sigma' = 1). lambda = log((1 - t)/t), t(lambda) = 1/(1 + e^lambda).
+    """
+
+    kind = "flow"
+
+    def log_alpha(self, t):
+        return torch.log1p(-_t64(t))
+
+    def alpha(self, t):
+        return 1.0 - _t64(t)
+
+    def sigma(self, t):
+        return _t64(t).clone()
+
+    def lambda_(self, t):
+        t = _t64(t)
+        return torch.log1p(-t) - torch.log(t)
+
+    def t_of_lambda(self, lam):
+        return torch.sigmoid(-_t64(lam))
+
+    def f(self, t):
+        return -1.0 / (1.0 - _t64(t))
+
+    def g2(self, t):
+        t = _t64(t)
+        return 2.0 * t / (1.0 - t)
+
+    def d_alpha(self, t):
+        return torch.full_like(_t64(t), -1.0)
+
+    def d_sigma(self, t):
+        return torch.ones_like(_t64(t))
+
+    def describe(self):
+        return {"kind": "flow"}
