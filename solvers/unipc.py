@@ -16,7 +16,15 @@ import math
 import numpy as np
 import torch
 
-from .exponential import SERIES_BELOW, History, data_step, phi_1, phi_2, phi_3, step_order
+from .exponential import (
+    SERIES_BELOW,
+    History,
+    data_step,
+    phi_1,
+    phi_2,
+    phi_3,
+    step_order,
+)
 from .model import Model
 from .registry import solver
 
@@ -66,6 +74,23 @@ def _update(x, s, t, m0, points, variant: str):
     return data_step(x, s, t, x0)
 
 
+def _midpoint_step(model: Model, x, s, t, m0, variant: str):
+    """The singlestep start: UniP-2 with x0 at the lambda-midpoint (after a DDIM step there); for bh2 DPM-Solver++(2S).
+
+    Returns x_t, its points for UniC and the midpoint's (lambda, x0). From lambda = -inf, where a lambda-midpoint
+    does not exist, the point is the t-midpoint and the step a DDIM step with x0 there."""
+    sched = model.schedule
+    if math.isfinite(s.lam):
+        mid = sched.at(float(sched.t_of_lambda(torch.tensor(0.5 * (s.lam + t.lam), dtype=torch.float64))))
+    else:
+        mid = sched.at(0.5 * (s.t + t.t))
+    m_mid = model.x0(data_step(x, s, mid, m0), mid.t)
+    if not math.isfinite(s.lam):
+        return data_step(x, s, t, m_mid), [], (mid.lam, m_mid)
+    points = [(mid.lam, m_mid)]
+    return _update(x, s, t, m0, points, variant), points, (mid.lam, m_mid)
+
+
 def _check(opts):
     if opts["variant"] not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {opts['variant']!r}")
@@ -83,7 +108,7 @@ def _steps(nfe: int, options: dict) -> int:
     return nfe - 1 if _singlestep(options) and nfe >= 2 else nfe
 
 
-def _order(options: dict) -> float:
+def _order(options: dict) -> int:
     return options["order"] + int(options["corrector"])
 
 
@@ -105,21 +130,16 @@ def unipc(model: Model, x, grid, *, nfe, variant: str = "bh2", order: int = 2, c
     for i in range(steps):
         s, t = c[i], c[i + 1]
         m = model.x0(x, s.t)
-        if corrector and last is not None and math.isfinite(last[2].lam - last[1].lam):
+        if corrector and last is not None and math.isfinite(last[1].lam):  # none from lambda = -inf (h = inf)
             x_s, s0, t0, m0, points = last
             x = _update(x_s, s0, t0, m0, points + [(s.lam, m)], variant)
         hist.push(s.lam, m)
-        if i == 0 and _singlestep({"start": start, "order": order}) and nfe >= 2:
-            mid = model.schedule.at(float(model.schedule.t_of_lambda(torch.tensor(0.5 * (s.lam + t.lam), dtype=torch.float64)))
-                                    if math.isfinite(s.lam) else 0.5 * (s.t + t.t))
-            m_mid = model.x0(data_step(x, s, mid, m), mid.t)
-            points = [(mid.lam, m_mid)] if math.isfinite(s.lam) else []
-            last = (x, s, t, m, points)
-            x = _update(x, s, t, m, points, variant) if points else data_step(x, s, t, m_mid)
-            hist.push(mid.lam, m_mid)
-            continue
-        p = step_order(order, i, steps, len(hist), lower_order_final)
-        points = list(zip(hist.lams[-p:-1], hist.values[-p:-1]))
-        last = (x, s, t, m, points)
-        x = _update(x, s, t, m, points, variant)
+        if i == 0 and nfe >= 2 and _singlestep({"start": start, "order": order}):
+            x_t, points, mid = _midpoint_step(model, x, s, t, m, variant)
+            hist.push(*mid)
+        else:
+            p = step_order(order, i, steps, len(hist), lower_order_final)
+            points = list(zip(hist.lams[-p:-1], hist.values[-p:-1]))
+            x_t = _update(x, s, t, m, points, variant)
+        last, x = (x, s, t, m, points), x_t
     return x
