@@ -97,7 +97,8 @@ def _run(name: str, model: Model, x, grid, order: int, lower_order_final: bool, 
     return x
 
 
-def _check(name: str, opts: dict, orders: range, extra: dict):
+def _check(opts: dict, orders: range, extra: dict):
+    """order in `orders`, start in STARTS, each of `extra` (option -> valid values); singlestep needs order >= 3."""
     if opts["order"] not in orders:
         raise ValueError(f"order must be one of {', '.join(map(str, orders))}, got {opts['order']!r}")
     for key, valid in {"start": STARTS, **extra}.items():
@@ -112,20 +113,17 @@ def _steps(nfe: int, options: dict) -> int:
     return nfe - 1 if options["start"] == "singlestep" and nfe >= 2 else nfe
 
 
-def _rho_relative(s):
-    return lambda lam: np.exp(s.lam - lam)
-
-
 def _ipndm_weights(coefficients: str):
     def weights(points, s, t):
         if coefficients == "fixed":
             return AB_FIXED[len(points) - 1]
-        return lagrange_weights([math.exp(s.lam - p.lam) for p in points], _rho_relative(s), s, t)
+        rho = [math.exp(s.lam - p.lam) for p in points]  # rho / rho_s: the weights do not change with the scale
+        return lagrange_weights(rho, lambda lam: np.exp(s.lam - lam), s, t)
     return weights
 
 
 def _check_ipndm(opts):
-    _check("ipndm", opts, range(1, 5), {"coefficients": COEFFICIENTS})
+    _check(opts, range(1, 5), {"coefficients": COEFFICIENTS})
     if opts["start"] == "singlestep" and opts["coefficients"] == "fixed":
         raise ValueError("start='singlestep' puts a midpoint into the history, which fixed (uniform-step) "
                          "coefficients cannot use; give coefficients='variable'")
@@ -143,7 +141,7 @@ def _ipndm_order(o):
         valid_nfe="any positive integer", description="improved PNDM: Adams-Bashforth in x/alpha and sigma/alpha")
 def ipndm(model: Model, x, grid, *, nfe, order: int = 4, coefficients: str = "fixed",
           lower_order_final: bool = True, start: str = "lower_order"):
-    """iPNDM (Zhang & Chen 2023, eq. 20): Adams-Bashforth on dy/drho = eps, y = x/alpha, rho = sigma/alpha; 1 NFE/step.
+    """iPNDM (Zhang & Chen 2023, DEIS paper): Adams-Bashforth on dy/drho = eps, y = x/alpha, rho = sigma/alpha; 1 NFE/step.
 
     coefficients="fixed": the published uniform-step coefficients (3,-1)/2, (23,-16,5)/12, (55,-59,37,-9)/24,
     which are 2nd order on any grid whose rho-steps are not uniform (logsnr, karras): declared order min(order, 2);
@@ -165,11 +163,11 @@ def _deis_weights(model: Model, variant: str):
 
 
 @solver("deis", order=lambda o: o["order"], steps_for_nfe=_steps, default_grid="karras",
-        check=lambda o: _check("deis", o, range(1, 4), {"variant": VARIANTS}), valid_nfe="any positive integer",
+        check=lambda o: _check(o, range(1, 4), {"variant": VARIANTS}), valid_nfe="any positive integer",
         description="DEIS tAB: exponential integrator, eps extrapolated by a polynomial in t")
 def deis(model: Model, x, grid, *, nfe, order: int = 3, variant: str = "tab", lower_order_final: bool = True,
          start: str = "lower_order"):
-    """DEIS (Zhang & Chen 2023, eq. 15, tAB): x_t/alpha_t = x_s/alpha_s + int_s^t P(tau) d(sigma/alpha)(tau), P the
+    """DEIS tAB (Zhang & Chen 2023): x_t/alpha_t = x_s/alpha_s + int_s^t P(tau) d(sigma/alpha)(tau), P the
     Lagrange polynomial in t through the last `order` eps; Gauss-Legendre coefficients. Order `order`, 1 NFE/step.
 
     variant="logrho": P a polynomial in log rho = -lambda, as diffusers' DEISMultistepScheduler (which has no tAB);
