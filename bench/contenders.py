@@ -207,7 +207,11 @@ SCHEDULERS = (
               {"final_sigmas_type": "sigma_min"},
               note="its last step is 1st order at every K (lower_order_final; documented as below 15 steps only)"),
     Scheduler("deis", "DEISMultistepScheduler", 2,
-              "DEIS-2 (tAB, log-rho; Zhang & Chen 2023) after a 1st-order warm-up; order 2, 1 NFE per step"),
+              "DEIS-2, log-rho (Zhang & Chen 2023; eps a polynomial in lambda) after a 1st-order warm-up; order 2, "
+              "1 NFE per step",
+              note="log-rho, not the paper's tAB (ours: deis variant='logrho', order=2, equal to 2.3e-6 outside "
+                   "10-14 steps, where diffusers' lower_order_final still lowers the last step; our deis defaults to "
+                   "tAB, order 3)"),
 )
 
 

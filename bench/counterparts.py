@@ -16,7 +16,7 @@ COUNTERPARTS = {
     "diffusers.dpmpp_2m": "dpmpp_2m",  # multistep DPM-Solver++(2M)
     "diffusers.dpmpp_3m": "dpmpp_3m",  # DPM-Solver++(3M); diffusers halves its x0'' term (ours: curvature="half")
     "diffusers.unipc": "unipc",  # UniPC (bh2) with the UniC corrector
-    "diffusers.deis": "deis",  # DEIS (tAB, log-rho), order 2
+    "diffusers.deis": "deis",  # DEIS log-rho, order 2 (ours: deis variant="logrho", order=2; default tAB, order 3)
     "diffusers.euler_ancestral": "euler_ancestral",  # ancestral sampling = DDIM eta = 1
 }
 
