@@ -112,7 +112,7 @@ def _order(options: dict) -> int:
     return options["order"] + int(options["corrector"])
 
 
-@solver("unipc", order=_order, steps_for_nfe=_steps, default_grid="logsnr", check=_check,
+@solver("unipc", order=_order, steps_for_nfe=_steps, default_grid="logsnr", check=_check, starts_at_alpha_zero=True,
         valid_nfe="any positive integer", description="UniPC: UniP predictor + UniC corrector, data prediction")
 def unipc(model: Model, x, grid, *, nfe, variant: str = "bh2", order: int = 2, corrector: bool = True,
           lower_order_final: bool = True, start: str = "lower_order"):
