@@ -14,7 +14,7 @@ from solvers import list_solvers
 
 from . import cli, plugins
 from .baseline_compare import compare, failures, format_comparison
-from .baseline_measure import AVAILABLE_SCHEDULES, MODELS, SCHEDULES, measure
+from .baseline_measure import MODELS, SCHEDULES, measure
 from .baseline_store import BASELINE_DIR, NoBaselines, read_baselines, write_baselines
 
 
@@ -22,9 +22,9 @@ def add_baseline_arguments(parser) -> None:
     parser.add_argument("--update", action="store_true", help="rewrite the baseline CSVs with the measured values")
     parser.add_argument("--models", type=cli.names("model", lambda: MODELS), default=",".join(MODELS),
                         help=f"comma-separated subset of {', '.join(MODELS)}")
-    parser.add_argument("--schedules", type=cli.names("schedule", lambda: AVAILABLE_SCHEDULES),
+    parser.add_argument("--schedules", type=cli.names("schedule", lambda: SCHEDULES),
                         default=",".join(SCHEDULES),
-                        help=f"comma-separated subset of {', '.join(AVAILABLE_SCHEDULES)} "
+                        help=f"comma-separated subset of {', '.join(SCHEDULES)} "
                              f"(default {','.join(SCHEDULES)})")
     parser.add_argument("--solvers", type=cli.names("solver", list_solvers, allow_all=True), default="all",
                         help="'all' (every registered solver) or a comma-separated list")

@@ -30,8 +30,7 @@ from .references import EXACT_TOL as EXACT_REFERENCE_TOL
 from .orders import fit
 
 MODELS = ("gmm2d", "gmm-digits")
-SCHEDULES = ("vp", "ve")  # the stored baselines
-AVAILABLE_SCHEDULES = ("vp", "ve", "flow")  # what `bench baseline --schedules` accepts
+SCHEDULES = ("vp", "ve", "flow")  # the stored baselines, and what `bench baseline --schedules` accepts
 NFES = (5, 10, 20, 50, 100)
 ODE_SAMPLES = {"gmm2d": 256, "gmm-digits": 32}  # x_T per (model, schedule) for path errors
 SDE_SAMPLES = {"gmm2d": 1000, "gmm-digits": 200}  # stochastic samples, one generator each
@@ -66,13 +65,19 @@ class Cell:
     stochastic: bool
 
 
+def baselined(name: str, schedule: str) -> bool:
+    """Whether solver `name` has baselines on `schedule` (a kind: vp, ve, flow): it runs there from the schedule's T."""
+    spec = get_solver(name)
+    return spec.supports(schedule) and spec.can_start(make_schedule(schedule))
+
+
 def cells(models=MODELS, schedules=SCHEDULES, solvers=None, nfes=NFES) -> list[Cell]:
     """Every cell of the baseline: each solver's default options, plus its stochastic variant if any."""
     out = []
     for model, schedule, name in itertools.product(models, schedules, list_solvers() if solvers is None else solvers):
-        spec = get_solver(name)
-        if not spec.supports(schedule) or not spec.can_start(make_schedule(schedule)):  # names are kinds (vp, ve)
+        if not baselined(name, schedule):
             continue
+        spec = get_solver(name)
         for opts in [{}] + ([STOCHASTIC_VARIANTS[name]] if name in STOCHASTIC_VARIANTS else []):
             budgets = [None] if spec.adaptive else spec.budgets(nfes, opts)
             out += [Cell(model, schedule, name, tuple(sorted(opts.items())), n, spec.stochastic(opts)) for n in budgets]

@@ -61,12 +61,10 @@ def _combine(weights, values):
     return out
 
 
-def _coefficients(name: str, model: Model, grid):
-    c = [model.schedule.at(t) for t in grid.tolist()]
-    if not (c[0].alpha > 0 and math.isfinite(c[0].lam)):
-        raise ValueError(f"{name} cannot start at t_start={c[0].t:g} where alpha = 0 (sigma/alpha is infinite); "
-                         "start below it")
-    return c
+def _coefficients(model: Model, grid):
+    """Coefficients on the grid; alpha > 0 at its start (sample refuses alpha = 0: the solver does not declare
+    starts_at_alpha_zero)."""
+    return [model.schedule.at(t) for t in grid.tolist()]
 
 
 def _midpoint(model: Model, s, t):
@@ -80,7 +78,7 @@ def _run(name: str, model: Model, x, grid, order: int, lower_order_final: bool, 
     start="singlestep" (order >= 3): the first step evaluates eps at its lambda-midpoint m (a DDIM step there) and
     steps with the 2-point polynomial through s and m; m joins the history, so the second step has order 3.
     """
-    c = _coefficients(name, model, grid)
+    c = _coefficients(model, grid)
     steps, hist = len(c) - 1, History(order)
     for i in range(steps):
         s, t = c[i], c[i + 1]

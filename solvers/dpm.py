@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .exponential import History, multistep_update, noise_step, step_order
+from .exponential import History, data_step, multistep_update, noise_step, step_order
 from .model import Model
 from .noise import randn_like
 from .options import (
@@ -105,12 +105,16 @@ def ddim(model: Model, x, grid, *, generator=None, eta: float = 0.0):
     c = [model.schedule.at(t) for t in grid.tolist()]
     for s, t in zip(c[:-1], c[1:]):
         x0 = model.x0(x, s.t)
-        eps = (x - s.alpha * x0) / s.sigma
         if eta == 0:
-            x = t.alpha * x0 + t.sigma * eps
-        else:
-            noise = min(eta * t.sigma * math.sqrt(-math.expm1(-2.0 * (t.lam - s.lam))), t.sigma)
-            x = t.alpha * x0 + math.sqrt(t.sigma * t.sigma - noise * noise) * eps + noise * randn_like(x, generator)
+            x = data_step(x, s, t, x0)
+            continue
+        # x_t = (k / sigma_s) x_s + (alpha_t - k alpha_s / sigma_s) x0 + noise z, k = sqrt(sigma_t^2 - noise^2): with
+        # r = noise / sigma_t, the x0 coefficient alpha_t (1 - e^{-h} sqrt(1 - r^2)) in a form without cancellation.
+        h = t.lam - s.lam
+        r = min(eta * math.sqrt(-math.expm1(-2.0 * h)), 1.0)
+        root = math.sqrt(1.0 - r * r)
+        b = t.alpha * (-math.expm1(-h) + math.exp(-h) * r * r / (1.0 + root))
+        x = torch.add((t.sigma / s.sigma * root) * x, x0, alpha=b).add_(randn_like(x, generator), alpha=r * t.sigma)
     return x
 
 

@@ -111,7 +111,7 @@ class Model:
         if self.prediction == "score":
             return -s * out
         if self.prediction == "x0":
-            return (x - a * out) / s
+            return torch.add(x, out, alpha=-a).div_(s)
         if self.prediction == "flow":
             return (a * out - c.d_alpha * x) / (c.d_sigma * a - c.d_alpha * s)
         return (s * x + a * out) / (a * a + s * s)
@@ -120,14 +120,14 @@ class Model:
         out = self.raw(x, t)
         c = self.schedule.at(t)
         a, s = c.alpha, c.sigma
-        if self.prediction == "eps":
-            return (x - s * out) / a
+        if self.prediction == "eps":  # fused: one pass for x - s out, one in place for the division
+            return torch.add(x, out, alpha=-s).div_(a)
         if self.prediction == "score":
-            return (x + s * s * out) / a
+            return torch.add(x, out, alpha=s * s).div_(a)
         if self.prediction == "x0":
             return out
         if self.prediction == "flow":
-            return (c.d_sigma * x - s * out) / (c.d_sigma * a - c.d_alpha * s)
+            return torch.add(c.d_sigma * x, out, alpha=-s).div_(c.d_sigma * a - c.d_alpha * s)
         return (a * x - s * out) / (a * a + s * s)
 
     def score(self, x: torch.Tensor, t: float) -> torch.Tensor:

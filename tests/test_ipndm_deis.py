@@ -15,8 +15,7 @@ from test_solvers import NFES, mixture_2d
 from bench import plugins
 from reference_models import load
 from solvers import (
-    Model,
-    Schedule,
+    FlowSchedule,
     VESchedule,
     VPSchedule,
     get_solver,
@@ -177,39 +176,14 @@ def test_bad_option_names_the_valid_choices(name, options, message):
         sample(model, torch.zeros(2, 2, dtype=F64), name, nfe=5, **options)
 
 
-class _Flow(Schedule):
-    """alpha = 1 - t, sigma = t: lambda(1) = -inf (what FlowSchedule will be)."""
-
-    kind = "flow"
-
-    def log_alpha(self, t):
-        return torch.log1p(-torch.as_tensor(t, dtype=F64))
-
-    def sigma(self, t):
-        return torch.as_tensor(t, dtype=F64)
-
-    def t_of_lambda(self, lam):
-        return torch.sigmoid(-torch.as_tensor(lam, dtype=F64))
-
-    def f(self, t):
-        return -1.0 / (1.0 - torch.as_tensor(t, dtype=F64))
-
-    def g2(self, t):
-        t = torch.as_tensor(t, dtype=F64)
-        return 2.0 * t + 2.0 * t * t / (1.0 - t)
-
-    def describe(self):
-        return {"kind": "flow"}
-
-
 @pytest.mark.parametrize("name", ["ipndm", "deis"])
 def test_a_start_where_alpha_is_zero_is_a_clear_error(name):
-    model = Model(lambda x, t: x, _Flow(), prediction="eps")
-    grid = torch.tensor([1.0, 0.5, 0.1], dtype=F64)
-    with pytest.raises(ValueError, match=f"^{name} cannot start at t_start=1 where alpha = 0 "
-                                         r"\(sigma/alpha is infinite\); start below it$"):
-        sample(model, torch.ones(2, 2, dtype=F64), name, nfe=2, timesteps=grid)
-    x = sample(model, torch.ones(2, 2, dtype=F64), name, nfe=2, timesteps=torch.tensor([0.9, 0.5, 0.1], dtype=F64))
+    """sigma/alpha is infinite at FlowSchedule's t = 1: sample refuses before evaluating; from t = 0.9 it runs."""
+    model = mixture_2d().model(FlowSchedule(), prediction="flow")
+    with pytest.raises(ValueError, match=f"^solver '{name}' cannot start at t_start=1, where alpha = 0") as err:
+        sample(model, torch.ones(2, 2, dtype=F64), name, nfe=2)
+    assert "\n" not in str(err.value) and model.nfe == 0
+    x = sample(model, torch.ones(2, 2, dtype=F64), name, nfe=2, t_start=0.9)
     assert torch.isfinite(x).all()
 
 

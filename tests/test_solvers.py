@@ -270,3 +270,15 @@ if __name__ == "__main__":
         result = testing.measure_order(name, model, x_T, curve=curve)
         errors = " ".join(f"{e:.2e}" for e in curve.errors)
         print(f"{name:16s} {get_solver(name).order:8g}  {result.order:8.3f}  {errors}")
+
+
+def test_readme_name_map_has_a_row_for_every_solver():
+    """The README's map to k-diffusion, diffusers and ComfyUI names covers every registered solver."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### The same solvers under other names", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    named = {re.match(r"\| `([a-z0-9_]+)", line).group(1) for line in rows}
+    assert set(list_solvers()) <= named, sorted(set(list_solvers()) - named)

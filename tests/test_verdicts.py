@@ -100,12 +100,16 @@ def test_report_names_equivalent_solvers_once_and_recommends_with_ties(small_run
     assert (out / "report" / "00-gmm2d-samples.png").is_file()
 
 
-def test_paired_tie_between_identical_cells(small_run):
+def test_same_algorithm_is_one_class_and_a_far_cell_a_resolved_difference(small_run):
+    """ddim (written in x0) and dpm_solver_1 (in eps) are one algorithm: their float32 samples differ by round-off,
+    which a paired bootstrap can resolve (2e-8 in swd), so the report classes them as equivalent before any
+    comparison and never states a verdict between them."""
     out, df = small_run
     rows = df.assign(run="v", group=df["model"])
     pairing = verdicts.Pairing({"v": out})
     d = pairing.difference(rows, "v", "ddim", "dpm_solver_1", 10, "swd")
-    assert d is not None and abs(d[0]) < 1e-5 and not intervals.excludes_zero(d[1], d[2])
+    assert d is not None and abs(d[0]) < 1e-6
+    assert verdicts.equivalent_solvers(rows)["ddim"] == "ddim ≡ dpm_solver_1"
     d = pairing.difference(rows, "v", "heun", "ddim", 6, "nll_gap")  # heun at 6 NFE is far off
     assert d is not None and intervals.excludes_zero(d[1], d[2]) and d[0] > 0
 
