@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import overhead
+import solver_cost
 
 IDENTITY_ROUNDS, UNET_ROUNDS = 5, 1
 
@@ -35,3 +36,14 @@ def test_overhead(benchmark, bench, case):
     benchmark.extra_info.update(nfe_used=case.nfe_used, ratio_wall_to_model=case.ratio,
                                 overhead_us_per_eval=case.overhead_us)
     assert case.nfe is None or case.nfe_used == case.nfe
+
+
+@pytest.mark.parametrize("pair", solver_cost.PAIRS, ids=lambda p: p[0])
+def test_solver_cost_against_diffusers(benchmark, pair):
+    """Ours against diffusers for the same algorithm, rounds alternated (benchmarks/solver_cost.py); the budget is
+    checked exactly inside `measure`."""
+    torch.set_num_threads(1)
+    rows = benchmark.pedantic(solver_cost.measure, kwargs={"nfes": (10, 50), "rounds": 10, "pairs": [pair]},
+                              rounds=1, iterations=1)
+    benchmark.extra_info.update({f"nfe{r['nfe']}_ratio": r["ratio"] for r in rows})
+    assert [r["nfe"] for r in rows] == [10, 50]

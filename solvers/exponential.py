@@ -56,7 +56,7 @@ def data_step(x, s: Coefficients, t: Coefficients, x0, derivatives=()):
     h = t.lam - s.lam
     if derivatives and not math.isfinite(h):
         raise ValueError("a step from lambda = -inf has no derivative terms (its history cannot give them)")
-    out = torch.add((t.sigma / s.sigma) * x, x0, alpha=t.alpha * -math.expm1(-h))
+    out = x.mul(t.sigma / s.sigma).add_(x0, alpha=t.alpha * -math.expm1(-h))
     for k, d in enumerate(derivatives, start=1):
         out = out.add_(d, alpha=t.alpha * h ** (k + 1) * PHI[k + 1](-h))
     return out
@@ -73,7 +73,7 @@ def noise_step(x, s: Coefficients, t: Coefficients, eps, derivatives=()):
     h = t.lam - s.lam
     if not math.isfinite(h):
         raise ValueError(f"a noise-prediction step needs alpha > 0 at its start; t={s.t:g} has alpha = {s.alpha:g}")
-    out = torch.add(math.exp(t.log_alpha - s.log_alpha) * x, eps, alpha=-t.sigma * math.expm1(h))
+    out = x.mul(math.exp(t.log_alpha - s.log_alpha)).add_(eps, alpha=-t.sigma * math.expm1(h))
     for k, d in enumerate(derivatives, start=1):
         out = out.add_(d, alpha=-t.sigma * h ** (k + 1) * PHI[k + 1](h))
     return out

@@ -457,3 +457,13 @@ def test_run_configuration_records_the_default_sweeps_flow_schedules():
     vp_only = model_specs.plan(["gmm2d"], ["vp"], {})
     assert _schedules_of(argparse.Namespace(schedules=None), vp_only) == ["vp"]
     assert _schedules_of(argparse.Namespace(schedules=["flow"]), vp_only) == ["flow"]
+
+
+@pytest.mark.parametrize("name, options", [(n, {}) for n in STARTS_AT_ONE]
+                         + [("dpmpp_3m", {"start": "singlestep"}), ("unipc", {"order": 3}),
+                            ("unipc", {"order": 3, "start": "singlestep"}), ("unipc", {"variant": "bh1"})])
+def test_finite_from_t_one_at_every_budget(flow_problem, name, options):
+    """Every budget 1..60 from t = 1, to t_end and to a t_end near 0 (solvers.testing.check_finite)."""
+    model, x_T, _ = flow_problem
+    outcome = testing.check_finite(name, model, x_T[:16], range(1, 61), **options)
+    assert outcome.status == "pass", outcome.detail
