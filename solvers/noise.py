@@ -31,3 +31,13 @@ def randn(shape, generator=None, dtype=torch.float32, device="cpu") -> torch.Ten
 
 def randn_like(x: torch.Tensor, generator=None) -> torch.Tensor:
     return randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def increment_normal(x: torch.Tensor, s: float, t: float, generator=None) -> torch.Tensor:
+    """The standard normal a step s -> t draws where its noise is a Brownian increment: (W(t) - W(s)) / sqrt(|t - s|).
+
+    With a torch.Generator, per-sample generators or None it is a fresh draw, as randn_like. Samplers call this (not
+    randn_like) for the noise of the SDE's Brownian motion over their step, so that a noise source that follows
+    one Brownian path per sample can give the path's increment over [t, s] instead.
+    """
+    return randn_like(x, generator)
