@@ -117,8 +117,10 @@ class Model:
         return (s * x + a * out) / (a * a + s * s)
 
     def x0(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        out = self.raw(x, t)
-        c = self.schedule.at(t)
+        return self._x0_of(x, self.raw(x, t), self.schedule.at(t))
+
+    def _x0_of(self, x: torch.Tensor, out: torch.Tensor, c) -> torch.Tensor:
+        """x0 from the network's output `out` at x, with the coefficients `c` of its time."""
         a, s = c.alpha, c.sigma
         if self.prediction == "eps":  # fused: one pass for x - s out, one in place for the division
             return torch.add(x, out, alpha=-s).div_(a)
@@ -142,12 +144,7 @@ class Model:
             return out
         c = self.schedule.at(t)
         a, s = c.alpha, c.sigma
-        if self.prediction == "x0":
-            x0 = out
-        elif self.prediction == "v":
-            x0 = (a * x - s * out) / (a * a + s * s)
-        else:  # eps, score: x0 from eps (alpha > 0 here; sample refuses a start at alpha = 0)
-            x0 = (x - s * out) / a if self.prediction == "eps" else (x + s * s * out) / a
+        x0 = self._x0_of(x, out, c)  # eps, score: alpha > 0 here (sample refuses a start at alpha = 0)
         return c.d_alpha * x0 + (c.d_sigma / s) * (x - a * x0)
 
     def ode_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:

@@ -35,3 +35,39 @@ def restore_solver_registry():
     registry._REGISTRY.update(solvers_before)
     plugins._loaded.clear()
     plugins._loaded.update(loaded_before)
+
+
+@pytest.fixture
+def diffusers_chain():
+    """gmm2d on score_sde's VP, and a diffusers scheduler run on the wrapped DDPM chain (bench.contenders: timestep n
+    <-> t = (n + 1) / N, alphas_cumprod[n] = alpha(t_n)^2, linspace timesteps): (model, x_T, run), where
+    run(scheduler class, nfe, **config) -> (x, times) samples with it from t = 1 to 1e-3.
+
+    diffusers' last step goes to alphas_cumprod[0] = 1 - beta_0 in float32 (final_sigmas_type="sigma_min", and
+    always for DEIS): lambda 1.2e-4 below ours at t_end = 1e-3. The times returned end there, so that ours, run on
+    them, compares updates. The plugin is loaded in the test, so that its contenders leave the registry after it."""
+    import math
+    import sys
+
+    import torch
+
+    from bench import plugins
+    from reference_models import load
+    from solvers import make_grid
+
+    pytest.importorskip("diffusers")
+    contenders = sys.modules[plugins.load("diffusers")]
+    model = load("gmm2d", "vp").model
+    sched = model.schedule
+    x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ac0 = float(1.0 - torch.tensor(float(contenders._chain(sched, 1.0, 1e-3)[0]), dtype=torch.float32))
+    t_last = float(sched.t_of_lambda(torch.tensor(0.5 * math.log(ac0 / (1.0 - ac0)), dtype=torch.float64)))
+
+    def run(cls_name: str, nfe: int, **config):
+        spec = contenders.Scheduler(cls_name, cls_name, 2, "", config)
+        x, times = contenders._run(spec, model, x_T, make_grid(sched, "uniform", nfe, 1.0, 1e-3), nfe)
+        assert float(times[-1]) == 1e-3 and len(times) == nfe + 1
+        times[-1] = t_last
+        return x, times
+
+    return model, x_T, run

@@ -7,7 +7,6 @@ dpmpp_2s has no diffusers equal: DPMSolverSinglestepScheduler puts a 2nd-order s
 next timestep (r = h_0 / h from its grid), ours on the lambda-midpoint (r = 1/2, the paper's choice).
 """
 import math
-import sys
 from decimal import Decimal, getcontext
 
 import numpy as np
@@ -15,7 +14,6 @@ import pytest
 import torch
 from test_solvers import NFES, mixture_2d
 
-from bench import plugins
 from reference_models import load
 from solvers import (
     VESchedule,
@@ -176,30 +174,13 @@ def test_data_step_is_exact_when_x0_is_a_parabola_in_lambda(schedule):
 
 
 @pytest.fixture
-def chain():
-    """gmm2d on score_sde's VP, and diffusers' DPMSolverMultistepScheduler run on the wrapped DDPM chain
-    (bench.contenders: timestep n <-> t = (n + 1) / N, alphas_cumprod[n] = alpha(t_n)^2, linspace timesteps).
-    Loaded as the plugin, in the test, so that its contenders leave the registry after it (tests/conftest.py)."""
-    pytest.importorskip("diffusers")
-    contenders = sys.modules[plugins.load("diffusers")]
-    Scheduler, _chain, _run = contenders.Scheduler, contenders._chain, contenders._run
-
-    model = load("gmm2d", "vp").model
-    sched = model.schedule
-    x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    # diffusers' final_sigmas_type="sigma_min" steps to alphas_cumprod[0] = 1 - beta_0 in float32: lambda 1.2e-4
-    # below ours at t_end = 1e-3. We step to the float64 t_end; to compare updates, ours ends where diffusers does.
-    ac0 = float(1.0 - torch.tensor(float(_chain(sched, 1.0, 1e-3)[0]), dtype=torch.float32))
-    t_last = float(sched.t_of_lambda(torch.tensor(0.5 * math.log(ac0 / (1.0 - ac0)), dtype=F64)))
+def chain(diffusers_chain):
+    """diffusers' DPMSolverMultistepScheduler (dpmsolver++) on the wrapped DDPM chain (tests/conftest.py)."""
+    model, x_T, run = diffusers_chain
 
     def diffusers_run(order: int, nfe: int, lower_order_final: bool = True):
-        spec = Scheduler("dpmpp", "DPMSolverMultistepScheduler", 2, "", {
-            "solver_order": order, "algorithm_type": "dpmsolver++", "final_sigmas_type": "sigma_min",
-            "lower_order_final": lower_order_final})
-        x, times = _run(spec, model, x_T, make_grid(sched, "uniform", nfe, 1.0, 1e-3), nfe)
-        assert float(times[-1]) == 1e-3 and len(times) == nfe + 1
-        times[-1] = t_last
-        return x, times
+        return run("DPMSolverMultistepScheduler", nfe, solver_order=order, algorithm_type="dpmsolver++",
+                   final_sigmas_type="sigma_min", lower_order_final=lower_order_final)
 
     return model, x_T, diffusers_run
 

@@ -5,13 +5,12 @@ import math
 
 import pytest
 import torch
+from test_schedules import SCHEDULES as DIFFUSION_SCHEDULES
 
 from reference_models import GaussianMixture
 from solvers import (
     FlowSchedule,
     Model,
-    SubVPSchedule,
-    VESchedule,
     VPSchedule,
     get_solver,
     list_solvers,
@@ -23,15 +22,7 @@ from solvers import (
 
 F64 = torch.float64
 NFES = [40, 80, 160, 320, 640]
-DDPM_BETAS = torch.linspace(1e-4, 0.02, 1000, dtype=F64)
-SCHEDULES = {
-    "vp_linear": VPSchedule.linear(),
-    "vp_cosine": VPSchedule.cosine(),
-    "vp_discrete": VPSchedule.discrete(DDPM_BETAS),
-    "subvp": SubVPSchedule(),
-    "ve": VESchedule(),
-    "flow": FlowSchedule(),
-}
+SCHEDULES = {**DIFFUSION_SCHEDULES, "flow": FlowSchedule()}
 STARTS_AT_ONE = ["ddim", "euler", "dpmpp_2s", "dpmpp_2m", "dpmpp_3m", "unipc"]  # fixed-budget solvers that start at t = 1
 
 

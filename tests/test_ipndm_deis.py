@@ -191,26 +191,13 @@ def test_a_start_where_alpha_is_zero_is_a_clear_error(name):
 
 
 @pytest.fixture
-def chain():
-    """gmm2d on score_sde's VP and diffusers' DEISMultistepScheduler on the wrapped DDPM chain (bench.contenders).
-    DEIS has no final_sigmas_type: its last sigma is always alphas_cumprod[0]'s (sigma_min), float32 there, lambda
-    1.2e-4 below ours at t_end = 1e-3: to compare updates, ours ends where diffusers does (as tests/test_dpmpp.py)."""
-    pytest.importorskip("diffusers")
-    contenders = sys.modules[plugins.load("diffusers")]
-    Scheduler, _chain, _run = contenders.Scheduler, contenders._chain, contenders._run
-    model = load("gmm2d", "vp").model
-    sched = model.schedule
-    x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    ac0 = float(1.0 - torch.tensor(float(_chain(sched, 1.0, 1e-3)[0]), dtype=torch.float32))
-    t_last = float(sched.t_of_lambda(torch.tensor(0.5 * math.log(ac0 / (1.0 - ac0)), dtype=F64)))
+def chain(diffusers_chain):
+    """diffusers' DEISMultistepScheduler on the wrapped DDPM chain (tests/conftest.py); it has no final_sigmas_type:
+    its last sigma is always alphas_cumprod[0]'s."""
+    model, x_T, run = diffusers_chain
 
     def diffusers_run(order: int, nfe: int, lower_order_final: bool = True):
-        spec = Scheduler("deis", "DEISMultistepScheduler", order, "",
-                         {"solver_order": order, "lower_order_final": lower_order_final})
-        x, times = _run(spec, model, x_T, make_grid(sched, "uniform", nfe, 1.0, 1e-3), nfe)
-        assert float(times[-1]) == 1e-3 and len(times) == nfe + 1
-        times[-1] = t_last
-        return x, times
+        return run("DEISMultistepScheduler", nfe, solver_order=order, lower_order_final=lower_order_final)
 
     return model, x_T, diffusers_run
 

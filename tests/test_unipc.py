@@ -2,8 +2,6 @@
 and equivalence with diffusers' UniPCMultistepScheduler on the wrapped DDPM chain.
 Exact NFE, finite output and batch independence: the parametrized tests of tests/test_solvers.py.
 """
-import math
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,6 @@ import torch
 from test_dpmpp import _phi_exact, problem  # noqa: F401  (problem: the VP and VE convergence problem)
 from test_solvers import NFES, mixture_2d
 
-from bench import plugins
 from reference_models import load
 from solvers import (
     VESchedule,
@@ -134,28 +131,13 @@ def test_bad_option_names_the_valid_choices(option, value, message):
 
 
 @pytest.fixture
-def chain():
-    """gmm2d on score_sde's VP and diffusers' UniPCMultistepScheduler on the wrapped DDPM chain, as the chain fixture
-    of tests/test_dpmpp.py (ours ends where diffusers' final_sigmas_type="sigma_min" does; the plugin is loaded in
-    the test, so that its contenders leave the registry after it)."""
-    pytest.importorskip("diffusers")
-    contenders = sys.modules[plugins.load("diffusers")]
-    Scheduler, _chain, _run = contenders.Scheduler, contenders._chain, contenders._run
-
-    model = load("gmm2d", "vp").model
-    sched = model.schedule
-    x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    ac0 = float(1.0 - torch.tensor(float(_chain(sched, 1.0, 1e-3)[0]), dtype=torch.float32))
-    t_last = float(sched.t_of_lambda(torch.tensor(0.5 * math.log(ac0 / (1.0 - ac0)), dtype=F64)))
+def chain(diffusers_chain):
+    """diffusers' UniPCMultistepScheduler on the wrapped DDPM chain (tests/conftest.py)."""
+    model, x_T, run = diffusers_chain
 
     def diffusers_run(variant: str, order: int, nfe: int, lower_order_final: bool = True):
-        spec = Scheduler("unipc", "UniPCMultistepScheduler", 2, "", {
-            "solver_order": order, "solver_type": variant, "final_sigmas_type": "sigma_min",
-            "lower_order_final": lower_order_final})
-        x, times = _run(spec, model, x_T, make_grid(sched, "uniform", nfe, 1.0, 1e-3), nfe)
-        assert float(times[-1]) == 1e-3 and len(times) == nfe + 1
-        times[-1] = t_last
-        return x, times
+        return run("UniPCMultistepScheduler", nfe, solver_order=order, solver_type=variant,
+                   final_sigmas_type="sigma_min", lower_order_final=lower_order_final)
 
     return model, x_T, diffusers_run
 
