@@ -16,15 +16,7 @@ import math
 import numpy as np
 import torch
 
-from .exponential import (
-    SERIES_BELOW,
-    History,
-    data_step,
-    phi_1,
-    phi_2,
-    phi_3,
-    step_order,
-)
+from .exponential import PHI, History, data_step, phi_1, step_order
 from .model import Model
 from .registry import solver
 
@@ -33,18 +25,6 @@ STARTS = ("lower_order", "singlestep")
 ORDERS = (1, 2, 3)
 
 
-def phi_4(z: float) -> float:
-    """phi_4(z) = (expm1(z) - z - z^2/2 - z^3/6) / z^4 (1/24 at z = 0); solvers.exponential stops at phi_3."""
-    if abs(z) >= 2.0 * SERIES_BELOW:  # the closed form cancels more than phi_3's: its series up to |z| = 2
-        return (math.expm1(z) - z - 0.5 * z * z - z**3 / 6.0) / z**4
-    term, total = 1.0 / 24.0, 0.0
-    for j in range(30):  # 2^30 / 34! < 1e-29
-        total += term
-        term *= z / (j + 5)
-    return total
-
-
-_PHI = (None, phi_1, phi_2, phi_3, phi_4)
 
 
 def _b(h: float, variant: str) -> float:
@@ -57,7 +37,7 @@ def _rhos(rs: list[float], h: float, variant: str) -> list[float]:
     if len(rs) == 1:
         return [0.5]
     n, b = len(rs), _b(h, variant)
-    g = [math.factorial(i) * h * _PHI[i + 1](-h) / b for i in range(1, n + 1)]
+    g = [math.factorial(i) * h * PHI[i + 1](-h) / b for i in range(1, n + 1)]
     return np.linalg.solve(np.vander(np.array(rs, dtype=np.float64), n, increasing=True).T, np.array(g)).tolist()
 
 

@@ -24,7 +24,7 @@ from solvers import (
     sample,
     testing,
 )
-from solvers.exponential import PHI, History, data_step, phi_1, phi_2, phi_3
+from solvers.exponential import PHI, History, data_step, phi_1, phi_2, phi_3, phi_4
 
 F64 = torch.float64
 
@@ -134,7 +134,7 @@ def _phi_exact(k: int, z: float) -> float:
 def test_phi_functions_to_machine_precision(z):
     for k, phi in ((1, phi_1), (2, phi_2), (3, phi_3)):
         assert abs(phi(z) - _phi_exact(k, z)) <= 2e-15 * abs(_phi_exact(k, z)), (k, z)
-    assert (phi_1(0.0), phi_2(0.0), phi_3(0.0)) == (1.0, 0.5, 1.0 / 6.0) and PHI[1:] == (phi_1, phi_2, phi_3)
+    assert (phi_1(0.0), phi_2(0.0), phi_3(0.0)) == (1.0, 0.5, 1.0 / 6.0) and PHI[1:] == (phi_1, phi_2, phi_3, phi_4)
 
 
 def test_history_derivatives_exact_for_a_parabola_on_uneven_lambdas():

@@ -19,7 +19,7 @@ from solvers import (
     sample,
     testing,
 )
-from solvers.unipc import phi_4
+from solvers.exponential import phi_4
 
 F64 = torch.float64
 
@@ -71,7 +71,7 @@ def test_the_last_step_is_not_corrected():
 
 @pytest.mark.parametrize("z", [-20.0, -4.0, -2.01, -2.0, -1.99, -1.0, -0.5, -1e-4, -1e-6, 0.0, 1e-5, 1.0, 3.0])
 def test_phi_4_to_machine_precision(z):
-    """phi_4 (the UniC-3 coefficient; solvers.exponential stops at phi_3) against 50-digit decimals (which need
+    """phi_4 (the UniC-3 coefficient) against 50-digit decimals (which need
     |z| >= 1e-6 here: their e^z - 1 - z - z^2/2 - z^3/6 keeps 50 digits of 1, not of z^4/24)."""
     exact = 1.0 / 24.0 if z == 0.0 else _phi_exact(4, z)
     assert abs(phi_4(z) - exact) <= 4e-15 * exact, z
