@@ -72,7 +72,7 @@ def _midpoint(model: Model, s, t):
     return sched.at(float(sched.t_of_lambda(torch.tensor(0.5 * (s.lam + t.lam), dtype=torch.float64))))
 
 
-def _run(name: str, model: Model, x, grid, order: int, lower_order_final: bool, start: str, nfe: int, weights):
+def _run(model: Model, x, grid, order: int, lower_order_final: bool, start: str, nfe: int, weights):
     """The multistep loop: weights(points, s, t) -> w for the history's newest points (Coefficients, newest first).
 
     start="singlestep" (order >= 3): the first step evaluates eps at its lambda-midpoint m (a DDIM step there) and
@@ -148,7 +148,7 @@ def ipndm(model: Model, x, grid, *, nfe, order: int = 4, coefficients: str = "fi
     declared order `order` (3.5 for order 4 with the lower-order start). start="lower_order" (the more accurate at
     NFE 5-20) or "singlestep" as in deis (order >= 3, variable coefficients only).
     """
-    return _run("ipndm", model, x, grid, order, lower_order_final, start, nfe, _ipndm_weights(coefficients))
+    return _run(model, x, grid, order, lower_order_final, start, nfe, _ipndm_weights(coefficients))
 
 
 def _deis_weights(model: Model, variant: str):
@@ -173,4 +173,4 @@ def deis(model: Model, x, grid, *, nfe, order: int = 3, variant: str = "tab", lo
     accurate at NFE 5-20) warms up with lower orders; "singlestep" (order 3): the first step also evaluates its
     lambda-midpoint, K = nfe - 1 steps.
     """
-    return _run("deis", model, x, grid, order, lower_order_final, start, nfe, _deis_weights(model, variant))
+    return _run(model, x, grid, order, lower_order_final, start, nfe, _deis_weights(model, variant))
