@@ -128,11 +128,12 @@ def _check_edm(opts):
                          f"{opts['s_tmin']!r}")
 
 
-@solver("edm_sde", kind="sde", weak_order=1, nfe_per_step=2, default_grid="karras", check=_check_edm,
+@solver("edm_sde", kind="sde", order=lambda o: 2 if o["s_churn"] == 0 else 1, nfe_per_step=2, default_grid="karras", check=_check_edm,
         valid_nfe="even positive integers", description="EDM stochastic sampler (Algorithm 2): churn, then Heun")
 def edm_sde(model: Model, x, grid, *, generator=None, s_churn: float = 0.0, s_tmin: float = 0.0,
             s_tmax: float = math.inf, s_noise: float = 1.0):
-    """EDM's Algorithm 2 (Karras et al. 2022): raise the noise level, then a Heun step. Weak order 1; 2 NFE per step.
+    """EDM's Algorithm 2 (Karras et al. 2022): raise the noise level, then a Heun step. Weak order 1 with churn (its noise
+    enters as in Euler-Maruyama), 2 without (heun); 2 NFE per step.
 
     On y = x/alpha and s = sigma/alpha (EDM's sigma; `heun`'s variables): where s_tmin <= s_i <= s_tmax,
     s_hat = (1 + gamma) s_i with gamma = min(s_churn / N, sqrt(2) - 1), capped at s(T) where the schedule ends,
