@@ -128,12 +128,14 @@ def _check_edm(opts):
                          f"{opts['s_tmin']!r}")
 
 
-@solver("edm_sde", kind="sde", order=lambda o: 2 if o["s_churn"] == 0 else 1, nfe_per_step=2, default_grid="karras", check=_check_edm,
+@solver("edm_sde", kind="sde", order=lambda o: 2 if o["s_churn"] == 0 else 1, nfe_per_step=2, default_grid="karras",
+        check=_check_edm,
         valid_nfe="even positive integers", description="EDM stochastic sampler (Algorithm 2): churn, then Heun")
 def edm_sde(model: Model, x, grid, *, generator=None, s_churn: float = 0.0, s_tmin: float = 0.0,
             s_tmax: float = math.inf, s_noise: float = 1.0):
-    """EDM's Algorithm 2 (Karras et al. 2022): raise the noise level, then a Heun step. Weak order 1 with churn (its noise
-    enters as in Euler-Maruyama), 2 without (heun); 2 NFE per step.
+    """EDM's Algorithm 2 (Karras et al. 2022): raise the noise level, then a Heun step. 2 NFE per step.
+
+    Weak order 1 with churn (its noise enters as in Euler-Maruyama), 2 without (it is heun then).
 
     On y = x/alpha and s = sigma/alpha (EDM's sigma; `heun`'s variables): where s_tmin <= s_i <= s_tmax,
     s_hat = (1 + gamma) s_i with gamma = min(s_churn / N, sqrt(2) - 1), capped at s(T) where the schedule ends,
@@ -182,7 +184,8 @@ def restart_solvers() -> list[str]:
 
 def _check_restart(opts):
     if opts["main_solver"] not in restart_solvers():
-        raise ValueError(f"unknown main solver {opts['main_solver']!r} for restart; valid: {', '.join(restart_solvers())}")
+        valid = ", ".join(restart_solvers())
+        raise ValueError(f"unknown main solver {opts['main_solver']!r} for restart; valid: {valid}")
     positive_int("restart_steps", opts["restart_steps"])
     n = opts["steps_per_restart"]
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -199,8 +202,8 @@ def _split(nfe: int, opts: dict) -> tuple[int, int, int]:
     """(evaluations per main-solver step, main-pass steps, steps per restart) for a budget of nfe evaluations."""
     per, k = _per_step(get_solver(opts["main_solver"])), opts["restart_steps"]
     if nfe % per:
-        raise ValueError(f"spends {per} evaluations per step of its main solver {opts['main_solver']!r}, so needs a budget "
-                         f"divisible by {per}, got {nfe}")
+        raise ValueError(f"spends {per} evaluations per step of its main solver {opts['main_solver']!r}, so needs a "
+                         f"budget divisible by {per}, got {nfe}")
     steps = nfe // per
     n_r = opts["steps_per_restart"] or max(1, steps // (4 * k))
     if steps - k * n_r < 1:
@@ -216,20 +219,20 @@ def _restart_steps(nfe: int, opts: dict) -> int:
 @solver("restart", kind="sde", order=lambda o: get_solver(o["main_solver"]).declared_order(),
         steps_for_nfe=_restart_steps, default_grid="karras", check=_check_restart,
         valid_nfe="multiples of the main solver's NFE per step covering the restarts and one main step "
-                  "(defaults: even budgets >= 6)",
+                  "(defaults: even budgets >= 4)",
         description="Restart sampling: ODE pass with forward jumps back over [t_min, t_max]")
 def restart(model: Model, x, grid, *, nfe, generator=None, main_solver: str = "heun", t_min: float | None = None,
             t_max: float | None = None, restart_steps: int = 1, steps_per_restart: int = 0):
-    """Restart sampling (Xu et al. 2023, Algorithm 1): an ODE pass that restarts restart_steps times over [t_min, t_max].
+    """Restart sampling (Xu et al. 2023, Algorithm 1): an ODE pass restarted restart_steps times over [t_min, t_max].
 
-    The main solver `main_solver` (any of `restart_solvers()`, default heun) runs the grid; at the first grid time t_lo <= t_min
-    the sample jumps forward to t_max by the exact forward transition (x = a x + sqrt(v) z, fresh noise: randn_like)
-    and the main solver takes steps_per_restart steps on its default grid back to t_lo; restart_steps times; then the
-    grid goes on. Budget, in steps S = nfe / (its NFE per step): restart_steps x steps_per_restart for the restarts
-    (steps_per_restart = 0, the default: max(1, S // (4 restart_steps)), about a quarter of the budget), the rest
-    for the main pass (its grid's steps). t_min, t_max: times in [t_end, t_start]; None: where sigma/alpha = 0.1 and 1.0
-    (clipped to the grid). Weak order: the main solver's order (heun: 2; the jumps are exact); the main pass is split at t_lo,
-    so a multistep main solver warms up again after each segment.
+    `main_solver` (any of `restart_solvers()`, default heun) runs the grid; at the first grid time t_lo <= t_min the
+    sample jumps forward to t_max by the exact forward transition (x = a x + sqrt(v) z, fresh noise: randn_like) and
+    the main solver takes steps_per_restart steps on its default grid back to t_lo; restart_steps times; then the grid
+    goes on. Budget, in main-solver steps S = nfe / (its NFE per step): restart_steps x steps_per_restart for the
+    restarts (steps_per_restart = 0, the default: max(1, S // (4 restart_steps)), about a quarter), the rest for the
+    main pass (its grid's steps). t_min, t_max: times in [t_end, t_start]; None: where sigma/alpha = 0.1 and 1.0
+    (clipped to the grid). Weak order: the main solver's order (heun: 2; the jumps are exact). The main pass is split
+    at t_lo, so a multistep main solver warms up again after it.
     """
     sched, spec = model.schedule, get_solver(main_solver)
     t_start, t_end = float(grid[0]), float(grid[-1])
@@ -238,7 +241,8 @@ def restart(model: Model, x, grid, *, nfe, generator=None, main_solver: str = "h
     if not t_end <= lo < hi <= t_start:
         raise ValueError(f"restart interval [t_min, t_max] = [{lo:g}, {hi:g}] must lie in [t_end, t_start] = "
                          f"[{t_end:g}, {t_start:g}] with t_min < t_max")
-    per, _, n_r = _split(nfe, {"main_solver": main_solver, "restart_steps": restart_steps, "steps_per_restart": steps_per_restart})
+    per, _, n_r = _split(nfe, {"main_solver": main_solver, "restart_steps": restart_steps,
+                               "steps_per_restart": steps_per_restart})
     extra = {"generator": None} if spec.takes_generator else {}
 
     def ode(x, times):

@@ -117,7 +117,8 @@ def test_degenerate_cases_are_the_ode_solvers(schedule):
     model, x_T = _model(schedule), _x_T(schedule)
     ts = 0.99 if schedule == "flow" else 1.0
     for nfe in (2, 10, 24):
-        edm = sample(model, x_T, "edm_sde", nfe=nfe, t_start=ts, s_churn=0.0, generator=torch.Generator().manual_seed(1))
+        edm = sample(model, x_T, "edm_sde", nfe=nfe, t_start=ts, s_churn=0.0,
+                     generator=torch.Generator().manual_seed(1))
         assert torch.allclose(edm, sample(model, x_T, "heun", nfe=nfe, t_start=ts), rtol=0, atol=1e-10)
     for nfe in (1, 3, 12):
         two = sample(model, x_T, "dpmpp_2m_sde", nfe=nfe, eta=0.0)
