@@ -5,7 +5,7 @@ from .noise import per_sample_generators, randn, randn_like
 from .registry import SampleInfo, SolverSpec, get_solver, list_solvers, sample, solver
 from .schedules import FlowSchedule, Schedule, SubVPSchedule, VESchedule, VPSchedule
 
-from . import dpm, dpmpp, unipc, adams, ode, sde  # noqa: E402,F401,I001  (register the solvers, in listing order)
+from . import dpm, dpmpp, unipc, adams, ode, sde, stochastic  # noqa: E402,F401,I001  (register the solvers, in listing order)
 from .ode import reference_solution  # noqa: E402
 
 __all__ = [
