@@ -185,6 +185,28 @@ def test_strong_order_check_through_solvers_testing():
     assert testing.check_strong_order("reverse_diffusion").detail == "no strong order declared"
 
 
+def test_bench_run_rows_carry_the_strong_error(tmp_path):
+    """A `bench run` sweep of euler_maruyama on gmm2d: its error_rmse is the strong error, finite, falling with NFE (by
+    at least 4x from 8 to 64 NFE), and the fine-step reference converged (its estimated RMSE below the error at 64 NFE
+    / 4)."""
+    from bench.dist import World
+    from bench.sweep import Sweep, run_sweep
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sweep = Sweep(["gmm2d"], ["euler_maruyama"], [8, 16, 32, 64], [0], samples=200, run_id="strong", repeats=1)
+        df = run_sweep(sweep, tmp_path, World(), progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert (df.status == "ok").all(), df.message.tolist()
+    err = df.set_index("nfe").error_rmse
+    assert err.map(math.isfinite).all() and (df.error_max >= df.error_rmse).all()
+    assert list(err.sort_index()) == sorted(err, reverse=True) and err[8] > 4 * err[64], err.to_dict()
+    assert (df.reference_rmse < err[64] / 4).all(), (df.reference_rmse.iloc[0], err[64])
+    assert df.message.str.startswith("strong error vs Euler-Maruyama at 4096 uniform steps").all()
+
+
 def main():
     order, se, curve, ref = strong_slopes()
     print(f"euler_maruyama strong order {order:.2f} ± {se:.2f} (SE over 8 batches of 128 paths); "
