@@ -62,42 +62,23 @@ def _mix_int(z: int) -> int:
     return _signed(z ^ (z >> 31))
 
 
-class BrownianPaths:
-    """Brownian paths W_i(t) on [t0, t1], one per seed, each of `shape`; pass as `generator=` to `sample`.
+class SeededNoise:
+    """Fresh standard normals per sample, a counter-based hash of (seed, draw): the vectorised form of one generator per
+    sample (no Python loop over the batch). Pass as `generator=`; build it with `seeded_noise`. No Brownian path:
+    `increment` is a fresh draw too."""
 
-    Build it with `brownian_paths`. `value(t)` is W(t) (B, *shape); `increment(s, t)` is (W(t) - W(s)) /
-    sqrt(|t - s|), a standard normal per entry; `randn()` is a fresh standard normal per entry.
-    """
-
-    def __init__(self, seeds: Sequence[int], shape, t0: float = 0.0, t1: float = 1.0, *, depth: int = DEPTH,
-                 dtype=torch.float64, device="cpu"):
+    def __init__(self, seeds: Sequence[int], shape, *, dtype=torch.float64, device="cpu"):
         seeds = [int(s) for s in seeds]
         if not seeds:
-            raise ValueError("brownian_paths needs at least one seed (one per sample)")
-        t0, t1 = float(t0), float(t1)
-        if not (math.isfinite(t0) and math.isfinite(t1) and t0 < t1):
-            raise ValueError(f"brownian_paths needs finite t0 < t1, got t0={t0!r}, t1={t1!r}")
-        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 48:
-            raise ValueError(f"depth must be an integer in [1, 48], got {depth!r}")
-        self.seeds, self.shape = seeds, tuple(int(n) for n in shape)
-        self.t0, self.t1, self.depth, self.dtype, self.device = t0, t1, depth, dtype, torch.device(device)
+            raise ValueError("seeded_noise needs at least one seed (one per sample)")
+        self.seeds, self.shape, self.dtype, self.device = seeds, tuple(int(n) for n in shape), dtype, torch.device(device)
         self.size = math.prod(self.shape)
-        self._leaf = (t1 - t0) / 2 ** depth  # a leaf's width in time
         self._keys = _mix(torch.tensor([_signed(s) for s in seeds], dtype=torch.int64, device=self.device))
         self._lanes = torch.arange((self.size + 1) // 2, dtype=torch.int64, device=self.device) * _G
         self._fresh = 0  # fresh draws so far
-        top = self._normal(0) * math.sqrt(t1 - t0)
-        self._stack = [(0, 1 << depth, torch.zeros_like(top), top, 1)]  # the last descent: (lo, hi, W(lo), W(hi), id)
-        self._points: dict[float, torch.Tensor] = {}  # the last few queried values
 
     def __len__(self) -> int:
         return len(self.seeds)
-
-    def __repr__(self) -> str:
-        return (f"BrownianPaths({len(self)} samples of shape {self.shape}, t in [{self.t0:g}, {self.t1:g}], "
-                f"depth {self.depth})")
-
-    # --- draws --------------------------------------------------------------------------------
 
     def _normal(self, node: int) -> torch.Tensor:
         """Z of `node` for every sample: (B, *shape) standard normals, a hash of (seed, node) through Box-Muller."""
@@ -113,6 +94,46 @@ class BrownianPaths:
         """Fresh standard normals (B, *shape), one draw per call: noise that is not a Brownian increment."""
         self._fresh += 1
         return self._normal(_signed(_FRESH + self._fresh * _GOLDEN))
+
+    def increment(self, s: float, t: float) -> torch.Tensor:
+        """A fresh draw (this source follows no path)."""
+        return self.randn()
+
+    def check_batch(self, shape) -> None:
+        """A one-line ValueError unless `shape` is a batch of len(seeds) samples of this source's shape."""
+        shape = tuple(shape)
+        if not shape or shape[0] != len(self.seeds) or shape[1:] != self.shape:
+            raise ValueError(f"{type(self).__name__} for {len(self.seeds)} samples of shape {self.shape} cannot serve a "
+                             f"batch of shape {shape}: give one seed per sample and the sample shape")
+
+
+class BrownianPaths(SeededNoise):
+    """Brownian paths W_i(t) on [t0, t1], one per seed, each of `shape`; pass as `generator=` to `sample`.
+
+    Build it with `brownian_paths`. `value(t)` is W(t) (B, *shape); `increment(s, t)` is (W(t) - W(s)) /
+    sqrt(|t - s|), a standard normal per entry; `randn()` is a fresh standard normal per entry.
+    """
+
+    def __init__(self, seeds: Sequence[int], shape, t0: float = 0.0, t1: float = 1.0, *, depth: int = DEPTH,
+                 dtype=torch.float64, device="cpu"):
+        seeds = list(seeds)
+        if not seeds:
+            raise ValueError("brownian_paths needs at least one seed (one per sample)")
+        super().__init__(seeds, shape, dtype=dtype, device=device)
+        t0, t1 = float(t0), float(t1)
+        if not (math.isfinite(t0) and math.isfinite(t1) and t0 < t1):
+            raise ValueError(f"brownian_paths needs finite t0 < t1, got t0={t0!r}, t1={t1!r}")
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 48:
+            raise ValueError(f"depth must be an integer in [1, 48], got {depth!r}")
+        self.t0, self.t1, self.depth = t0, t1, depth
+        self._leaf = (t1 - t0) / 2 ** depth  # a leaf's width in time
+        top = self._normal(0) * math.sqrt(t1 - t0)
+        self._stack = [(0, 1 << depth, torch.zeros_like(top), top, 1)]  # the last descent: (lo, hi, W(lo), W(hi), id)
+        self._points: dict[float, torch.Tensor] = {}  # the last few queried values
+
+    def __repr__(self) -> str:
+        return (f"BrownianPaths({len(self)} samples of shape {self.shape}, t in [{self.t0:g}, {self.t1:g}], "
+                f"depth {self.depth})")
 
     # --- the path -----------------------------------------------------------------------------
 
@@ -160,13 +181,6 @@ class BrownianPaths:
             raise ValueError(f"a Brownian increment needs s != t, got s = t = {s!r}")
         return (self.value(t) - self.value(s)).div_(math.sqrt(abs(t - s)))
 
-    def check_batch(self, shape) -> None:
-        """A one-line ValueError unless `shape` is a batch of len(seeds) samples of these paths' shape."""
-        shape = tuple(shape)
-        if not shape or shape[0] != len(self.seeds) or shape[1:] != self.shape:
-            raise ValueError(f"Brownian paths for {len(self.seeds)} samples of shape {self.shape} cannot serve a batch "
-                             f"of shape {shape}: give one seed per sample and the sample shape")
-
 
 def brownian_paths(seeds: Sequence[int], shape, t0: float = 0.0, t1: float = 1.0, *, depth: int = DEPTH,
                    dtype=torch.float64, device="cpu") -> BrownianPaths:
@@ -176,3 +190,8 @@ def brownian_paths(seeds: Sequence[int], shape, t0: float = 0.0, t1: float = 1.0
     Queries closer than (t1 - t0) / 2^depth are approximate (see the module docstring); dtype: the tree's arithmetic.
     """
     return BrownianPaths(seeds, shape, t0, t1, depth=depth, dtype=dtype, device=device)
+
+
+def seeded_noise(seeds: Sequence[int], shape, *, dtype=torch.float64, device="cpu") -> SeededNoise:
+    """Fresh per-sample noise from one seed per sample, vectorised (as `per_sample_generators`, without its loop)."""
+    return SeededNoise(seeds, shape, dtype=dtype, device=device)

@@ -2,8 +2,8 @@
 
 `generator` may be None (torch's global generator), one `torch.Generator`, a sequence of
 generators, one per sample along the first dimension, or `solvers.brownian_paths(seeds, shape, t0, t1)`:
-one Brownian path per sample, whose increments `increment_normal` returns (strong errors need it) and
-whose fresh draws are vectorised over the batch. With one generator or path per sample a sample
+one Brownian path per sample, whose increments `increment_normal` returns (strong errors need it), or
+`solvers.seeded_noise(seeds, shape)`: fresh draws per sample as per-sample generators give, vectorised. With one generator or path per sample a sample
 does not depend on the batch it was drawn in (EDM draws every image from its own seed).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .brownian import BrownianPaths
+from .brownian import SeededNoise
 
 
 def per_sample_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
@@ -22,7 +22,7 @@ def per_sample_generators(seeds: Sequence[int], device="cpu") -> list[torch.Gene
 
 def randn(shape, generator=None, dtype=torch.float32, device="cpu") -> torch.Tensor:
     shape = tuple(shape)
-    if isinstance(generator, BrownianPaths):
+    if isinstance(generator, SeededNoise):
         generator.check_batch(shape)
         return generator.randn().to(dtype=dtype, device=device)
     if generator is None or isinstance(generator, torch.Generator):
@@ -47,7 +47,7 @@ def increment_normal(x: torch.Tensor, s: float, t: float, generator=None) -> tor
     per-sample generators or None it is a fresh draw, as randn_like. Samplers call this (not randn_like) for the
     noise of the SDE's Brownian motion over their step.
     """
-    if isinstance(generator, BrownianPaths):
+    if isinstance(generator, SeededNoise):
         generator.check_batch(x.shape)
         return generator.increment(s, t).to(dtype=x.dtype, device=x.device)
     return randn_like(x, generator)

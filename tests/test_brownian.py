@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 
 from reference_models.registry import gmm2d
-from solvers import VPSchedule, brownian_paths, get_solver, sample, testing
+from solvers import VPSchedule, brownian_paths, get_solver, sample, seeded_noise, testing
 from solvers.curves import path_seeds, strong_error_curve, strong_reference
 from solvers.noise import increment_normal
 
@@ -93,10 +93,26 @@ def test_same_seed_same_samples_bit_for_bit():
         assert torch.equal(part, a[[3, 9]]), solver
 
 
+def test_seeded_noise_is_fresh_per_sample_noise_independent_of_the_batch():
+    """seeded_noise: per-sample fresh draws (standard normal, uncorrelated from draw to draw), the same for a sample in a
+    batch of 1 and of 64, reproducible; a sampler's samples likewise."""
+    seeds = list(range(500, 564))
+    a, b = seeded_noise(seeds, (3,)), seeded_noise(seeds[7:8], (3,))
+    first, second = a.randn(), a.randn()
+    assert torch.equal(first[7:8], b.randn()) and torch.equal(second[7:8], b.randn())
+    big = seeded_noise(range(20_000), (1,))
+    z1, z2 = big.randn()[:, 0].numpy(), big.randn()[:, 0].numpy()
+    assert stats.kstest(z1, "norm").pvalue > 1e-3 and abs(np.corrcoef(z1, z2)[0, 1]) < 4 / math.sqrt(20_000)
+    model = gmm2d().model(VPSchedule.linear())
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    run = lambda x, s: sample(model, x, "pc", nfe=10, generator=seeded_noise(s, (2,)))  # noqa: E731
+    assert torch.equal(run(x_T, seeds)[[3, 40]], run(x_T[[3, 40]], [seeds[3], seeds[40]]))
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: sample(gmm2d().model(VPSchedule.linear()), torch.zeros(4, 2), "euler_maruyama", nfe=5,
                     generator=brownian_paths(range(3), (2,), T_END, 1.0)),
-     r"^Brownian paths for 3 samples of shape \(2,\) cannot serve a batch of shape \(4, 2\)"),
+     r"^BrownianPaths for 3 samples of shape \(2,\) cannot serve a batch of shape \(4, 2\)"),
     (lambda: sample(gmm2d().model(VPSchedule.linear()), torch.zeros(3, 2), "euler_maruyama", nfe=5,
                     generator=brownian_paths(range(3), (2,), 0.01, 1.0)),
      r"^Brownian path queried at t=0.001, outside its interval \[0.01, 1.0\]"),
