@@ -9,7 +9,8 @@ nfe_used measured).
 
 Stochastic cells draw their noise from one Brownian path per sample (solvers.brownian_paths, seeded from (seed,
 sample index)); their error_rmse / error_max are strong errors, against Euler-Maruyama at STRONG_STEPS uniform
-steps on the same paths from the same x_T (computed once per group; its RMSE estimated against STRONG_STEPS / 2).
+steps on the same paths from the same x_T (computed once per group; its RMSE estimated against STRONG_STEPS / 2);
+by default for exact models only (`Sweep.strong_steps`, `bench run --strong-steps`).
 """
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ class Sweep:
     run_id: str = ""
     repeats: int = 3  # timed repetitions of every cell: wall_s is their median
     reference: str = "auto"  # how the reference solution is computed (bench.references)
+    strong_steps: int | None = None  # Euler-Maruyama steps of the strong error's reference; None: STRONG_STEPS for
+    # exact models, 0 (not measured) for networks, where it costs 1.5 x STRONG_STEPS evaluations per sample
     # a user's models: name -> (their schedule labels, their prediction kind); others take schedules and prediction
     model_schedules: dict = field(default_factory=dict)
     # registered models: name -> their schedule labels where not `schedules` (the default sweep's flow models)
@@ -332,15 +335,20 @@ class Group:
         return brownian_paths(sample_seeds(seed, NOISE, indices), self.ref.shape, sched.default_t_end, sched.T,
                               device=self.world.device)
 
-    def strong_reference(self, progress: bool = False) -> None:
-        """Euler-Maruyama at STRONG_STEPS (and STRONG_STEPS / 2, for its error) uniform steps on every sample's path
-        from x_T, gathered to rank 0 (every rank calls it; once per group)."""
+    def strong_reference(self, steps: int | None = None) -> None:
+        """Euler-Maruyama at `steps` (and steps / 2, for its error) uniform steps on every sample's path from x_T,
+        gathered to rank 0 (every rank calls it; once per group). steps None: STRONG_STEPS for exact models, else none."""
         if self._strong_done:
             return
         self._strong_done = True
+        fine_steps = (STRONG_STEPS if self.ref.kind == "exact" else 0) if steps is None else steps
+        if fine_steps < 2:
+            self.strong_note = (f"strong error not measured (its reference, Euler-Maruyama at {STRONG_STEPS} steps, "
+                                "costs too many network evaluations; `bench run --strong-steps N` measures it)")
+            return
         outs, err = {}, None
         try:
-            for steps in (STRONG_STEPS // 2, STRONG_STEPS):
+            for steps in (fine_steps // 2, fine_steps):
                 parts = []
                 for b in range(0, len(self.shard), self.batch):
                     idx = self.shard[b: b + self.batch]
@@ -349,16 +357,16 @@ class Group:
                 outs[steps] = torch.cat(parts) if parts else self.x_T[:0].double().cpu()
         except Exception as e:
             err = f"{type(e).__name__}: {e}"
-            outs = {s: torch.zeros(self.x_T.shape, dtype=torch.float64) for s in (STRONG_STEPS // 2, STRONG_STEPS)}
+            outs = {s: torch.zeros(self.x_T.shape, dtype=torch.float64) for s in (fine_steps // 2, fine_steps)}
         errs = [m for m in self.world.gather_objects(err) if m]
-        fine, half = self.world.gather(outs[STRONG_STEPS]), self.world.gather(outs[STRONG_STEPS // 2])
+        fine, half = self.world.gather(outs[fine_steps]), self.world.gather(outs[fine_steps // 2])
         self.model.reset()
         if errs:
             self.strong_note = f"no strong error (its reference failed: {errs[0]})"
             return
         self.strong, self.strong_rmse = fine, float((fine - half).pow(2).mean().sqrt()) if len(fine) else math.nan
-        self.strong_note = (f"strong error vs Euler-Maruyama at {STRONG_STEPS} uniform steps on the same Brownian "
-                            f"paths; estimated RMSE {self.strong_rmse:.2g} (vs {STRONG_STEPS // 2} steps)")
+        self.strong_note = (f"strong error vs Euler-Maruyama at {fine_steps} uniform steps on the same Brownian "
+                            f"paths; estimated RMSE {self.strong_rmse:.2g} (vs {fine_steps // 2} steps)")
 
     def _solve_reference(self, progress: bool) -> tuple[torch.Tensor, str]:
         """The reference in REFERENCE_CHUNKS pieces, with its own progress bar (it can take a minute)."""
@@ -393,7 +401,7 @@ def run_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep) -> dict | None
     except ValueError as e:
         return {**row, "status": "skipped", "message": str(e)} if world.main else None
     if stochastic:
-        group.strong_reference()
+        group.strong_reference(sweep.strong_steps)
     local = sample_cell(cell, group, warmed, sweep, stochastic)
     reports = world.gather_objects({k: v for k, v in local.items() if k != "x"})
     failures = [f"rank {r}: {p['error']}" if world.active else p["error"] for r, p in enumerate(reports) if p["error"]]
