@@ -6,7 +6,9 @@ that cannot start at t = 1 have no rows), every solver in `solvers.list_solvers(
 NFES the solver spends exactly (adaptive solvers: one row at default tolerances):
 - deterministic solvers: RMSE and max error against the DOP853 reference from the same x_T;
 - stochastic solvers (and `STOCHASTIC_VARIANTS`, e.g. ddim with eta=1): the bias of E[log p_t_end(x)]
-  and of E|x|^2 against exact samples of the marginal at t_end, with standard errors;
+  and of E|x|^2 against exact samples of the marginal at t_end, with standard errors; and the strong error
+  (rmse, max_error) against Euler-Maruyama at 4096 steps on the same Brownian path per sample
+  (`solvers.brownian_paths`, which also gives every stochastic sample its noise), from the same x_T;
 - the convergence order of each fixed-step deterministic solver (issue 2): `bench.orders.fit` of log RMSE
   against log NFE at NFE 40..640 on the 2-D mixture, VP, logsnr grid, t 1 -> 1e-3.
 """
@@ -22,7 +24,8 @@ import torch
 from reference_models import load
 from reference_models.registry import make_schedule, prediction_for
 from reference_models.threads import torch_threads
-from solvers import get_solver, list_solvers, per_sample_generators, reference_solution, sample
+from solvers import brownian_paths, get_solver, list_solvers, reference_solution, sample
+from solvers.curves import STRONG_STEPS, strong_reference
 
 from .baseline_store import BIAS_METRICS, ERROR_METRICS, table
 from .metrics import path_errors
@@ -33,7 +36,7 @@ MODELS = ("gmm2d", "gmm-digits")
 SCHEDULES = ("vp", "ve", "flow")  # the stored baselines, and what `bench baseline --schedules` accepts
 NFES = (5, 10, 20, 50, 100)
 ODE_SAMPLES = {"gmm2d": 256, "gmm-digits": 32}  # x_T per (model, schedule) for path errors
-SDE_SAMPLES = {"gmm2d": 1000, "gmm-digits": 200}  # stochastic samples, one generator each
+SDE_SAMPLES = {"gmm2d": 1000, "gmm-digits": 200}  # stochastic samples, one Brownian path each
 EXACT_SAMPLES = {"gmm2d": 20_000, "gmm-digits": 5_000}  # exact draws of the marginal at t_end
 SEED = 0
 # Options that make a deterministic solver stochastic: measured as an extra, stochastic row set.
@@ -95,7 +98,7 @@ class Problem:
         self.model, self.mixture = self.ref_model.model, self.ref_model.mixture
         self.sched = self.model.schedule
         self.t_end = self.sched.default_t_end
-        self._ode = self._exact = None
+        self._ode = self._exact = self._strong = None
 
     def prior(self, n: int, generator) -> torch.Tensor:
         return self.sched.prior_sample((n, *self.ref_model.shape), generator, torch.float64)
@@ -123,10 +126,26 @@ class Problem:
         x = x.double().cpu()
         return {"bias_logp": self.mixture.log_prob(x, self.sched, self.t_end), "bias_sq_norm": x.flatten(1).pow(2).sum(1)}
 
-    def sde_generators(self) -> list[torch.Generator]:
-        """One generator per stochastic sample (fresh each call: every solver sees the same x_T and noise)."""
+    def sde_seeds(self) -> list[int]:
         n = SDE_SAMPLES[self.name]
-        return per_sample_generators(range(SEED * 1_000_003, SEED * 1_000_003 + n))
+        return list(range(SEED * 1_000_003, SEED * 1_000_003 + n))
+
+    def sde_generators(self):
+        """One Brownian path per stochastic sample on [t_end, T] (fresh each call: every solver sees the same x_T and
+        the same paths)."""
+        return brownian_paths(self.sde_seeds(), self.ref_model.shape, self.t_end, self.sched.T)
+
+    def strong(self, x_T: torch.Tensor) -> tuple[torch.Tensor | None, str]:
+        """(Euler-Maruyama at STRONG_STEPS steps on the stochastic samples' paths from x_T, how it was made); None where
+        it cannot run (it cannot start where alpha = 0, the flow schedule's t = 1)."""
+        if self._strong is None:
+            try:
+                x, err = strong_reference(self.model, x_T, self.sde_seeds(), self.sched.T, self.t_end)
+                self._strong = x, (f"strong error vs Euler-Maruyama at {STRONG_STEPS} uniform steps on the same "
+                                   f"Brownian paths (estimated RMSE {err:.2g} vs {STRONG_STEPS // 2} steps)")
+            except ValueError as e:
+                self._strong = None, f"no strong error: {e}"
+        return self._strong
 
 
 def bias(samples: torch.Tensor, exact: torch.Tensor) -> tuple[float, float]:
@@ -143,7 +162,9 @@ def _inputs(problem: Problem, cell: Cell) -> tuple[torch.Tensor, list | None, ob
     if cell.stochastic:
         gens = problem.sde_generators()
         note = f"{EXACT_SAMPLES[cell.model]} exact samples of the marginal at t_end={problem.t_end:g}"
-        return problem.prior(len(gens), gens), gens, problem.exact(), note
+        x_T = problem.prior(len(gens), torch.Generator().manual_seed(SEED + 3))
+        strong, how = problem.strong(x_T)
+        return x_T, gens, (problem.exact(), strong), f"{note}; {how}"
     x_T, ref = problem.ode()
     return x_T, None, ref, REFERENCE
 
@@ -151,7 +172,10 @@ def _inputs(problem: Problem, cell: Cell) -> tuple[torch.Tensor, list | None, ob
 def _metrics(problem: Problem, cell: Cell, x: torch.Tensor, target) -> dict[str, tuple[float, float]]:
     """metric -> (value, stderr) of the samples `x` against `target` (see `_inputs`)."""
     if cell.stochastic:
-        return {m: bias(s, target[m]) for m, s in problem.statistics(x).items()}
+        exact, strong = target
+        out = {m: bias(s, exact[m]) for m, s in problem.statistics(x).items()}
+        errors = path_errors(x, strong).values() if strong is not None else (math.nan, math.nan)
+        return {**out, **{m: (v, math.nan) for m, v in zip(ERROR_METRICS, errors)}}
     return {m: (v, math.nan) for m, v in zip(ERROR_METRICS, path_errors(x, target).values())}  # error_rmse, error_max
 
 
@@ -166,7 +190,7 @@ def measure_cell(problem: Problem, cell: Cell, run=sample) -> list[dict]:
         x = run(problem.model, x_T, cell.solver, nfe=cell.nfe, generator=gens, **dict(cell.options))
         values = _metrics(problem, cell, x, target)
     except (RuntimeError, ValueError) as e:  # a solver that breaks is a regression row, not a crash
-        values = {m: (math.nan, math.nan) for m in (BIAS_METRICS if cell.stochastic else ERROR_METRICS)}
+        values = {m: (math.nan, math.nan) for m in (BIAS_METRICS + ERROR_METRICS if cell.stochastic else ERROR_METRICS)}
         note = f"failed: {e}"
     base = {"model": cell.model, "schedule": cell.schedule, "solver": cell.solver,
             "options": format_options(dict(cell.options)), "kind": "sde" if cell.stochastic else "ode",

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from . import orders  # noqa: E402
 from .colours import KNOWN, Style, solver_style  # noqa: E402
-from .schema import LABELS, quality, quality_bounds  # noqa: E402
+from .schema import LABELS, error_label, quality, quality_bounds  # noqa: E402
 
 RUN_STYLES = ["-", "--", ":", "-."]
 DPI = 110
@@ -192,10 +192,10 @@ def _failed_cells(rows: pd.DataFrame, ok: pd.DataFrame) -> pd.DataFrame:
     return cells[np.array([k not in have for k in zip(cells["run"], cells["solver"], cells["nfe"])], dtype=bool)]
 
 
-def error_vs_nfe(rows: pd.DataFrame, title: str, path: Path) -> bool:
+def error_vs_nfe(rows: pd.DataFrame, title: str, path: Path, kind: str = "ode") -> bool:
     """RMSE against the reference solution vs NFE for ODE solvers (geometric mean over seeds, 95% band), with the
-    order fitted by bench.orders over its detected asymptotic range."""
-    ok = rows[(rows["status"] == "ok") & (rows["kind"] == "ode")]
+    order fitted by bench.orders over its detected asymptotic range; kind "sde": the stochastic rows' strong error."""
+    ok = rows[(rows["status"] == "ok") & (rows["kind"] == kind)]
     ok = ok[pd.to_numeric(ok["error_rmse"], errors="coerce") > 0]
     if ok.empty:
         return False
@@ -232,7 +232,7 @@ def error_vs_nfe(rows: pd.DataFrame, title: str, path: Path) -> bool:
         labels[solver] = f"{solver}  p = {' / '.join(finite)}" if finite else solver
     _legend(ax, labels, runs, bool(ok["nfe"].isna().any()))
     _finish(fig, ax, path, title + "  (p: order fitted over the pale range)", "NFE (model evaluations per sample)",
-            f"{LABELS['error_rmse']} (data units)",
+            f"{error_label('error_rmse', kind)} (data units)",
             xticks=_nfe_ticks(ok["nfe"].dropna().astype(float).unique(), _adaptive_used(ok)))
     return True
 
@@ -414,6 +414,12 @@ def _figures(rows, metrics, out_dir, lines, samples) -> list[Figure]:
                                   "RMSE against the high-accuracy reference solution from the same x_T "
                                   "(geometric mean over seeds, 95% band); p is the order of the order table, fitted "
                                   "over the pale range (absent where the range is too short)."))
+        p = out_dir / f"{stem}-strong-error.png"
+        if error_vs_nfe(g, f"{group}: strong error vs NFE", p, kind="sde"):
+            figures.append(Figure(p, f"{group}: strong error vs NFE (stochastic samplers)",
+                                  "RMSE against Euler-Maruyama at 4096 uniform steps on the same Brownian path per "
+                                  "sample, from the same x_T (geometric mean over seeds, 95% band); p: the strong "
+                                  "order fitted over the pale range."))
         if metric is not None:
             p = out_dir / f"{stem}-time.png"
             if quality_vs_time(g, metric, f"{group}: {LABELS.get(metric, metric)} vs wall-clock", p):

@@ -112,6 +112,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "on CPU and dpm_solver_adaptive on CUDA for networks), dop853 (scipy, float64, CPU), rk45 "
                         "(scipy, the network's dtype) or dpm_solver_adaptive (on the model's device); NAME:TOL sets "
                         "its tolerance")
+    p.add_argument("--strong-steps", type=int, default=None, metavar="N",
+                   help="Euler-Maruyama steps of the reference of stochastic samplers' strong error (same Brownian "
+                        "path per sample); default 4096 for exact models and 0 (not measured) for networks")
     p.add_argument("--nfe", type=integers("NFE", 1), default=integers("NFE", 1)(DEFAULT_NFE),
                    help=f"NFE budgets of fixed-budget solvers (default {DEFAULT_NFE})")
     p.add_argument("--seeds", type=integers("seed", 0, MAX_SEED), default=[0],
@@ -498,7 +501,7 @@ def _run(args, world) -> int:
             manifest = _start_manifest(run_dir, manifest, args, config, world, planned)
         sweep = Sweep([p.name for p in planned], config["solvers"], args.nfe, args.seeds, args.schedules or ["vp"],
                       samples=args.samples, batch_size=args.batch_size, cache_dir=args.cache_dir, run_id=run_dir.name,
-                      repeats=args.repeats, reference=args.reference,
+                      repeats=args.repeats, reference=args.reference, strong_steps=args.strong_steps,
                       model_schedules={p.name: (p.schedules, p.prediction) for p in planned if p.user},
                       registered_schedules={p.name: p.schedules for p in planned if not p.user})
         df = run_sweep(sweep, run_dir, world, loader=model_specs.loader(planned), progress=not args.quiet,

@@ -39,6 +39,15 @@ METRICS = {
 HEADLINE = ("fid", "nll_gap", "swd", "mmd", "fd_ref", "swd_ref")
 DATA_FREE = ("fd_ref", "swd_ref")
 LABELS = {m: d.label for m, d in METRICS.items()}
+# A stochastic row's error columns hold its strong error: against Euler-Maruyama at 4096 steps on the same Brownian
+# path per sample (solvers.brownian_paths), from the same x_T.
+STRONG_LABELS = {"error_rmse": "strong error (RMSE vs fine Euler-Maruyama, same Brownian path)",
+                 "error_max": "strong error (max vs fine Euler-Maruyama, same Brownian path)"}
+
+
+def error_label(metric: str, kind: str = "ode") -> str:
+    """The label of a metric column for rows of this kind: the error columns of "sde" rows are strong errors."""
+    return STRONG_LABELS.get(metric, LABELS.get(metric, metric)) if kind == "sde" else LABELS.get(metric, metric)
 
 
 def bounds(metric: str) -> tuple[str, str]:
@@ -51,7 +60,7 @@ IDENTITY = ["model", "schedule", "prediction", "solver", "nfe", "seed"]
 COLUMNS = {
     # identity and configuration
     "run_id": "string", "model": "string", "schedule": "string", "prediction": "string", "solver": "string",
-    "kind": "string",  # "ode" or "sde" (stochastic: error columns are NaN)
+    "kind": "string",  # "ode" or "sde" (stochastic: the error columns hold the strong error, STRONG_LABELS)
     "order": "float64",  # declared order (ode: global, sde: weak)
     "nfe": "Int64",  # budget asked; <NA> for adaptive solvers, which take tolerances (see options)
     "nfe_used": "Int64",  # measured by counting model calls

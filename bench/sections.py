@@ -123,7 +123,8 @@ def order_section(rows: pd.DataFrame, tol: float) -> Section:
         f"each other, at least {orders.MIN_POINTS} NFE values spanning {orders.MIN_SPAN:g}x or more), with its 95% "
         f"interval. 'pass' when |measured − declared| <= {tol:g}. Where a run's budgets cannot show the order the row "
         "says so; that is not a solver fault. To measure orders: "
-        f"`{orders.MEASURE_COMMAND}`. Stochastic samplers have no path error and are not listed."])
+        f"`{orders.MEASURE_COMMAND}`. Stochastic samplers are not listed: their error is a strong error (against "
+        "Euler-Maruyama at 4096 steps on the same Brownian path per sample), drawn in the strong error figure."])
     if tab.empty:
         sec.blocks.append("No ODE solver has finite errors at two or more NFE budgets.")
         return sec

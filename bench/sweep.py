@@ -6,6 +6,11 @@ comparisons) whatever the batch size or the number of ranks, and they share one 
 solution. Fixed-budget solvers get one cell per NFE; adaptive solvers (rk45, dpm_solver_adaptive)
 take tolerances, not a budget, and get one cell per group at their default tolerances (nfe <NA>,
 nfe_used measured).
+
+Stochastic cells draw their noise from one Brownian path per sample (solvers.brownian_paths, seeded from (seed,
+sample index)); their error_rmse / error_max are strong errors, against Euler-Maruyama at STRONG_STEPS uniform
+steps on the same paths from the same x_T (computed once per group; its RMSE estimated against STRONG_STEPS / 2);
+by default for exact models only (`Sweep.strong_steps`, `bench run --strong-steps`).
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ from tqdm.auto import tqdm
 import reference_models
 from reference_models import ReferenceModel
 from reference_models.registry import prediction_for
-from solvers import get_solver, per_sample_generators, sample
+from solvers import brownian_paths, get_solver, per_sample_generators, sample
+from solvers.curves import STRONG_STEPS
 
 from . import arrays, metrics, quality, references, schema
 from .dist import World
@@ -78,6 +84,8 @@ class Sweep:
     run_id: str = ""
     repeats: int = 3  # timed repetitions of every cell: wall_s is their median
     reference: str = "auto"  # how the reference solution is computed (bench.references)
+    strong_steps: int | None = None  # Euler-Maruyama steps of the strong error's reference; None: STRONG_STEPS for
+    # exact models, 0 (not measured) for networks, where it costs 1.5 x STRONG_STEPS evaluations per sample
     # a user's models: name -> (their schedule labels, their prediction kind); others take schedules and prediction
     model_schedules: dict = field(default_factory=dict)
     # registered models: name -> their schedule labels where not `schedules` (the default sweep's flow models)
@@ -203,6 +211,8 @@ class Group:
                                                   per_sample_generators(sample_seeds(self.seed, XT, self.shard)),
                                                   device=world.device)
         self.reference, self.reference_note, self.reference_rmse = None, "", math.nan
+        self.strong, self.strong_note, self.strong_rmse = None, "", math.nan
+        self._strong_done = False
         self.method = references.method(sweep.reference, self.ref, world.device)
         if needs_reference:
             path = reference_path(sweep.cache_dir, cell, self.ref, self.n, self.method)
@@ -319,6 +329,45 @@ class Group:
                                                     metadata={"method": how, "reference_rmse": repr(rmse)}))
         return x, how, rmse
 
+    def paths(self, seed: int, indices):
+        """The Brownian paths of these samples (by index) on [t_end, T]: a fresh object, same paths every time."""
+        sched = self.ref.schedule
+        return brownian_paths(sample_seeds(seed, NOISE, indices), self.ref.shape, sched.default_t_end, sched.T,
+                              device=self.world.device)
+
+    def strong_reference(self, steps: int | None = None) -> None:
+        """Euler-Maruyama at `steps` (and steps / 2, for its error) uniform steps on every sample's path from x_T,
+        gathered to rank 0 (every rank calls it; once per group). steps None: STRONG_STEPS for exact models, else none."""
+        if self._strong_done:
+            return
+        self._strong_done = True
+        fine_steps = (STRONG_STEPS if self.ref.kind == "exact" else 0) if steps is None else steps
+        if fine_steps < 2:
+            self.strong_note = (f"strong error not measured (its reference, Euler-Maruyama at {STRONG_STEPS} steps, "
+                                "costs too many network evaluations; `bench run --strong-steps N` measures it)")
+            return
+        outs, err = {}, None
+        try:
+            for steps in (fine_steps // 2, fine_steps):
+                parts = []
+                for b in range(0, len(self.shard), self.batch):
+                    idx = self.shard[b: b + self.batch]
+                    parts.append(sample(self.model, self.x_T[b: b + self.batch], "euler_maruyama", nfe=steps,
+                                        timesteps="uniform", generator=self.paths(self.seed, idx)).double().cpu())
+                outs[steps] = torch.cat(parts) if parts else self.x_T[:0].double().cpu()
+        except Exception as e:
+            err = f"{type(e).__name__}: {e}"
+            outs = {s: torch.zeros(self.x_T.shape, dtype=torch.float64) for s in (fine_steps // 2, fine_steps)}
+        errs = [m for m in self.world.gather_objects(err) if m]
+        fine, half = self.world.gather(outs[fine_steps]), self.world.gather(outs[fine_steps // 2])
+        self.model.reset()
+        if errs:
+            self.strong_note = f"no strong error (its reference failed: {errs[0]})"
+            return
+        self.strong, self.strong_rmse = fine, float((fine - half).pow(2).mean().sqrt()) if len(fine) else math.nan
+        self.strong_note = (f"strong error vs Euler-Maruyama at {fine_steps} uniform steps on the same Brownian "
+                            f"paths; estimated RMSE {self.strong_rmse:.2g} (vs {fine_steps // 2} steps)")
+
     def _solve_reference(self, progress: bool) -> tuple[torch.Tensor, str]:
         """The reference in REFERENCE_CHUNKS pieces, with its own progress bar (it can take a minute)."""
         count = max(1, min(REFERENCE_CHUNKS, len(self.x_T) // REFERENCE_CHUNK_MIN))  # networks: batches, not singles
@@ -351,6 +400,8 @@ def run_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep) -> dict | None
         spec.check_start(group.ref.model, group.ref.schedule.T)
     except ValueError as e:
         return {**row, "status": "skipped", "message": str(e)} if world.main else None
+    if stochastic:
+        group.strong_reference(sweep.strong_steps)
     local = sample_cell(cell, group, warmed, sweep, stochastic)
     reports = world.gather_objects({k: v for k, v in local.items() if k != "x"})
     failures = [f"rank {r}: {p['error']}" if world.active else p["error"] for r, p in enumerate(reports) if p["error"]]
@@ -383,7 +434,7 @@ def sample_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep, stochastic:
     out = {"error": None, "x": group.x_T, "calls": [], "steps": [], "walls": [], "models": [], "peak_mem_mb": 0.0}
 
     def run(x, indices):
-        gens = per_sample_generators(sample_seeds(cell.seed, NOISE, indices)) if stochastic else None
+        gens = group.paths(cell.seed, indices) if stochastic else None
         return sample(model, x, cell.solver, nfe=cell.nfe, generator=gens, return_info=True)
 
     try:
@@ -426,7 +477,7 @@ def _per_sample_mean(pairs) -> int:
 
 def score(row: dict, x: torch.Tensor, group: Group, stochastic: bool) -> dict:
     """Metrics with intervals of a cell's gathered samples (rank 0); its arrays go to the run directory."""
-    reference = None if stochastic else group.reference
+    reference = group.strong if stochastic else group.reference
     try:
         obs = metrics.observe(group.ref, x, reference, features=group.features)
         row.update(group.evaluator.measure(obs, group.seed))
@@ -439,6 +490,9 @@ def score(row: dict, x: torch.Tensor, group: Group, stochastic: bool) -> dict:
         bad = ", ".join(k for k, v in values.items() if v is not None and not math.isfinite(v))
         return {**row, "status": "failed", "message": f"non-finite metric(s): {bad}"}
     notes = [group.reference_note if group.reference is None and not stochastic else "", group.quality_note]
+    if stochastic:
+        notes.insert(0, group.strong_note)
+        row["reference_rmse"] = group.strong_rmse
     if not stochastic and group.reference is not None:
         row["reference_rmse"] = group.reference_rmse
         if references.at_reference_accuracy(row.get("error_rmse", math.nan), group.reference_rmse):

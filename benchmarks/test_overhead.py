@@ -7,6 +7,7 @@ measurements: the only assertion is the exact NFE. The ratio tables are printed 
 import pytest
 import torch
 
+import noise_cost
 import overhead
 import solver_cost
 
@@ -47,3 +48,17 @@ def test_solver_cost_against_diffusers(benchmark, pair):
                               rounds=1, iterations=1)
     benchmark.extra_info.update({f"nfe{r['nfe']}_ratio": r["ratio"] for r in rows})
     assert [r["nfe"] for r in rows] == [10, 50]
+
+
+@pytest.mark.parametrize("pair", noise_cost.pairs(), ids=lambda p: p[0])
+def test_noise_cost_against_the_deterministic_counterpart(benchmark, pair):
+    """A stochastic sampler's cost per evaluation over its deterministic counterpart's, per noise source
+    (benchmarks/noise_cost.py); a measurement: the budget is checked exactly inside `run`."""
+    torch.set_num_threads(1)
+    noise_cost.PAIRS, saved = (pair,), noise_cost.PAIRS
+    try:
+        rows = benchmark.pedantic(noise_cost.measure, kwargs={"nfes": (10, 50), "rounds": 5}, rounds=1, iterations=1)
+    finally:
+        noise_cost.PAIRS = saved
+    benchmark.extra_info.update({f"nfe{r['nfe']}_{r['source']}_ratio": r["ratio"] for r in rows})
+    assert {r["source"] for r in rows} == set(noise_cost.SOURCES)

@@ -1,4 +1,5 @@
 """samplerbench solvers: noise schedules, one model interface, and every sampler behind `sample`."""
+from .brownian import BrownianPaths, SeededNoise, brownian_paths, seeded_noise
 from .grids import GRIDS, make_grid
 from .model import PREDICTIONS, Model, ModelOutputError
 from .noise import per_sample_generators, randn, randn_like
@@ -9,7 +10,7 @@ from . import dpm, dpmpp, unipc, adams, ode, sde, stochastic  # noqa: E402,F401,
 from .ode import reference_solution  # noqa: E402
 
 __all__ = [
-    "GRIDS", "PREDICTIONS", "FlowSchedule", "Model", "ModelOutputError", "SampleInfo", "Schedule", "SolverSpec",
-    "SubVPSchedule", "VESchedule", "VPSchedule", "get_solver", "list_solvers", "make_grid", "per_sample_generators",
-    "randn", "randn_like", "reference_solution", "sample", "solver",
+    "BrownianPaths", "GRIDS", "PREDICTIONS", "FlowSchedule", "Model", "ModelOutputError", "SampleInfo", "Schedule", "SeededNoise", "SolverSpec",
+    "SubVPSchedule", "VESchedule", "VPSchedule", "brownian_paths", "get_solver", "list_solvers", "make_grid", "per_sample_generators",
+    "randn", "randn_like", "reference_solution", "sample", "seeded_noise", "solver",
 ]

@@ -1,8 +1,10 @@
 """Error curves: how far a solver lands from the exact answer as its budget grows (or its tolerance tightens).
 
 Deterministic solvers: RMSE over every coordinate against the DOP853 reference solution from the same x_T.
-Stochastic solvers: the weak error |E log p_t_end(x) - E_exact log p_t_end| with its standard error.
-Adaptive solvers: RMSE against the reference as rtol = atol tighten. `solvers.testing` fits and judges them.
+Stochastic solvers: the weak error |E log p_t_end(x) - E_exact log p_t_end| with its standard error, and the
+strong error: RMSE against Euler-Maruyama at STRONG_STEPS uniform steps on the same Brownian path per sample
+(`solvers.brownian_paths`) from the same x_T. Adaptive solvers: RMSE against the reference as rtol = atol
+tighten. `solvers.testing` fits and judges them.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .brownian import brownian_paths
 from .model import Model
 from .noise import per_sample_generators
 from .ode import reference_solution
@@ -23,6 +26,9 @@ ORDER_NFES = (15, 30, 60, 120, 240, 480, 960)  # doubling budgets, each a whole 
 WEAK_NFES = (20, 40, 80, 160)  # stochastic solvers: each budget needs many samples to resolve the weak error
 TOLERANCES = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7)  # adaptive solvers: rtol = atol, loosest first
 WEAK_FLOOR_SE = 3.0  # weak errors within this many standard errors of 0 are noise: not fitted
+STRONG_STEPS = 4096  # Euler-Maruyama steps of the strong error's reference, on the same Brownian paths
+STRONG_NFES = (16, 32, 64, 128, 256)  # strong error: budgets well below STRONG_STEPS
+STRONG_FLOOR = 2.0  # strong errors within this factor of the reference's estimated RMSE are not fitted
 
 
 def g(v: float) -> str:
@@ -41,6 +47,35 @@ def generator(stochastic: bool, seed: int, n: int | None = None):
     return per_sample_generators(range(seed, seed + n)) if n else torch.Generator().manual_seed(seed)
 
 
+def path_seeds(seed: int, n: int) -> list[int]:
+    """Seeds of the Brownian paths of samples 0..n-1 under run seed `seed` (sample i's depends on (seed, i) alone)."""
+    return [(int(seed) << 32) + i for i in range(n)]
+
+
+def ends(model: Model, t_start=None, t_end=None, timesteps=None) -> tuple[float, float]:
+    """(t_start, t_end) as `sample` resolves them: an explicit grid's ends, else the schedule's defaults."""
+    if timesteps is not None and not isinstance(timesteps, str):
+        grid = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
+        return float(grid[0]), float(grid[-1])
+    sched = model.schedule
+    return float(sched.T if t_start is None else t_start), float(sched.default_t_end if t_end is None else t_end)
+
+
+def strong_reference(model: Model, x_T: torch.Tensor, seeds, t_start: float, t_end: float,
+                     steps: int = STRONG_STEPS) -> tuple[torch.Tensor, float]:
+    """(x, its estimated RMSE): Euler-Maruyama at `steps` uniform steps from x_T on the Brownian paths of `seeds`.
+
+    The estimate is the RMSE between `steps` and `steps // 2` steps: with strong order 1 the error at steps // 2 is
+    twice that at `steps`, so their difference is about the error at `steps`.
+    """
+    out = []
+    for n in (steps // 2, steps):
+        paths = brownian_paths(seeds, x_T.shape[1:], t_end, t_start)
+        out.append(sample(model, x_T, "euler_maruyama", nfe=n, t_start=t_start, t_end=t_end, timesteps="uniform",
+                          generator=paths))
+    return out[1], rms(out[1] - out[0])
+
+
 def run(spec, model: Model, x_T: torch.Tensor, nfe, options: dict, seed: int = 0, **kw):
     """(samples, evaluations counted from the model's calls) of one `sample` call."""
     start = model.nfe
@@ -53,7 +88,7 @@ def run(spec, model: Model, x_T: torch.Tensor, nfe, options: dict, seed: int = 0
 class Curve:
     """Errors of a solver against the exact answer at growing budgets (adaptive: tightening tolerances)."""
 
-    kind: str  # "path", "weak" or "tolerance"
+    kind: str  # "path", "weak", "strong" (RMSE on the same Brownian paths) or "tolerance"
     nfes: tuple  # budgets (adaptive: evaluations used, NaN where a run failed)
     errors: tuple  # NaN where a run failed
     stderr: tuple = ()  # weak: standard error of each bias
@@ -66,7 +101,8 @@ class Curve:
     exact_se: float = 0.0  # weak: standard error of the exact expectation (shared by every budget)
 
     def table(self) -> str:
-        what = "|bias of E log p|" if self.kind == "weak" else "RMSE vs reference"
+        what = {"weak": "|bias of E log p|", "strong": "strong error (RMSE vs fine EM, same path)"}.get(
+            self.kind, "RMSE vs reference")
         rows = [f"  {'rtol=atol':>9}  {'NFE':>6}  {what}" if self.labels else f"  {'NFE':>6}  {what}"]
         for i, (n, e) in enumerate(zip(self.nfes, self.errors)):
             cells = [f"{self.labels[i]:>9g}"] if self.labels else []
@@ -114,6 +150,36 @@ def pool(a: Curve, b: Curve) -> Curve:
            for s, t in zip(a.stderr, b.stderr)]  # the samples' own standard errors, then the shared exact one
     notes = tuple("; ".join(filter(None, p)) for p in zip(a.notes, b.notes))
     return weak_errors(a.nfes, bias, [math.hypot(o, ex) for o in own], notes, n + m, ex)
+
+
+def strong_error_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, seed: int = 0, t_start=None,
+                       t_end=None, timesteps=None, steps: int = STRONG_STEPS, reference=None, **options) -> Curve:
+    """RMSE of `solver` at each budget of `nfes` against Euler-Maruyama at `steps` steps, on one Brownian path per
+    sample (seeds `path_seeds(seed, len(x_T))`, on [t_end, t_start]) from the same x_T.
+
+    reference: (x, estimated RMSE) of `strong_reference` when already computed. Errors within STRONG_FLOOR times
+    the reference's estimated RMSE are not fitted.
+    """
+    spec = get_solver(solver)
+    spec.resolve_options(options)
+    t_start, t_end = ends(model, t_start, t_end, timesteps)
+    seeds = path_seeds(seed, len(x_T))
+    ref, ref_rmse = reference or strong_reference(model, x_T, seeds, t_start, t_end, steps)
+    budgets = spec.budgets(STRONG_NFES if nfes is None else nfes, options)
+    kw = {"timesteps": timesteps} if timesteps is not None and not isinstance(timesteps, str) else {
+        "t_start": t_start, "t_end": t_end, "timesteps": timesteps}
+    errors, notes = [], []
+    for n in budgets:
+        try:
+            paths = brownian_paths(seeds, x_T.shape[1:], t_end, t_start)
+            x, _ = run(spec, model, x_T, n, options, seed, generator=paths, **kw)
+            err = rms(x - ref)
+            note = "" if math.isfinite(err) else "non-finite samples"
+        except (ValueError, RuntimeError) as e:
+            err, note = math.nan, problem(e)
+        errors.append(err if math.isfinite(err) else math.nan), notes.append(note)
+    return Curve("strong", tuple(budgets), tuple(errors), (), STRONG_FLOOR * ref_rmse, max(rms(ref), 1e-12), (),
+                 tuple(notes), samples=len(x_T))
 
 
 def error_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, reference=None, log_prob=None,

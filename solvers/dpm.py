@@ -13,7 +13,7 @@ import torch
 
 from .exponential import History, data_step, multistep_update, noise_step, step_order
 from .model import Model
-from .noise import randn_like
+from .noise import increment_normal
 from .options import (
     DEFAULT_MAX_NFE,
     check_cap,
@@ -100,7 +100,8 @@ def ddim(model: Model, x, grid, *, generator=None, eta: float = 0.0):
     sigma_s and c = eta sigma_t sqrt(1 - e^{-2h}), which is DDIM's sigma_t for VP and extends to any schedule
     (eta = 1: the exact posterior std of q(x_t | x_s, x0), e.g. sigma_t sqrt(sigma_s^2 - sigma_t^2) / sigma_s
     for VE). For eta > 1, c is capped at sigma_t. Starts where alpha_s = 0 (FlowSchedule's t = 1: eps = x_s / sigma_s,
-    h = inf). Noise comes from `generator` (see solvers.noise).
+    h = inf). The noise c z is the Brownian increment over the step, z = increment_normal(x, s, t) (c = g sqrt(|dt|)
+    to leading order): with solvers.brownian_paths, eta = 1 follows the reverse SDE on each sample's path.
     """
     c = [model.schedule.at(t) for t in grid.tolist()]
     for s, t in zip(c[:-1], c[1:]):
@@ -114,7 +115,8 @@ def ddim(model: Model, x, grid, *, generator=None, eta: float = 0.0):
         r = min(eta * math.sqrt(-math.expm1(-2.0 * h)), 1.0)
         root = math.sqrt(1.0 - r * r)
         b = t.alpha * (-math.expm1(-h) + math.exp(-h) * r * r / (1.0 + root))
-        x = torch.add((t.sigma / s.sigma * root) * x, x0, alpha=b).add_(randn_like(x, generator), alpha=r * t.sigma)
+        z = increment_normal(x, s.t, t.t, generator)
+        x = torch.add((t.sigma / s.sigma * root) * x, x0, alpha=b).add_(z, alpha=r * t.sigma)
     return x
 
 

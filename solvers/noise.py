@@ -1,7 +1,9 @@
 """Gaussian noise from explicit generators.
 
-`generator` may be None (torch's global generator), one `torch.Generator`, or a sequence of
-generators, one per sample along the first dimension. With one generator per sample a sample
+`generator` may be None (torch's global generator), one `torch.Generator`, a sequence of
+generators, one per sample along the first dimension, or `solvers.brownian_paths(seeds, shape, t0, t1)`:
+one Brownian path per sample, whose increments `increment_normal` returns (strong errors need it), or
+`solvers.seeded_noise(seeds, shape)`: fresh draws per sample as per-sample generators give, vectorised. With one generator or path per sample a sample
 does not depend on the batch it was drawn in (EDM draws every image from its own seed).
 """
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from .brownian import SeededNoise
 
 
 def per_sample_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:
@@ -18,6 +22,9 @@ def per_sample_generators(seeds: Sequence[int], device="cpu") -> list[torch.Gene
 
 def randn(shape, generator=None, dtype=torch.float32, device="cpu") -> torch.Tensor:
     shape = tuple(shape)
+    if isinstance(generator, SeededNoise):
+        generator.check_batch(shape)
+        return generator.randn().to(dtype=dtype, device=device)
     if generator is None or isinstance(generator, torch.Generator):
         gen_device = generator.device if generator is not None else device
         z = torch.randn(shape, generator=generator, dtype=dtype, device=gen_device)
@@ -36,8 +43,11 @@ def randn_like(x: torch.Tensor, generator=None) -> torch.Tensor:
 def increment_normal(x: torch.Tensor, s: float, t: float, generator=None) -> torch.Tensor:
     """The standard normal a step s -> t draws where its noise is a Brownian increment: (W(t) - W(s)) / sqrt(|t - s|).
 
-    With a torch.Generator, per-sample generators or None it is a fresh draw, as randn_like. Samplers call this (not
-    randn_like) for the noise of the SDE's Brownian motion over their step, so that a noise source that follows
-    one Brownian path per sample can give the path's increment over [t, s] instead.
+    With `solvers.brownian_paths(...)` it is the increment of each sample's path over [t, s]; with a torch.Generator,
+    per-sample generators or None it is a fresh draw, as randn_like. Samplers call this (not randn_like) for the
+    noise of the SDE's Brownian motion over their step.
     """
+    if isinstance(generator, SeededNoise):
+        generator.check_batch(x.shape)
+        return generator.increment(s, t).to(dtype=x.dtype, device=x.device)
     return randn_like(x, generator)

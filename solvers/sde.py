@@ -2,8 +2,12 @@
 
 The reverse-time SDE (score_sde eq. 6), integrated in t from t_start down to t_end:
   dx = [f(t) x - g(t)^2 score(x, t)] dt + g(t) dw.
-Every step draws its noise with `solvers.noise.randn_like(x, generator)`: with one generator per
-sample, a sample does not depend on the batch it is drawn in. All solvers add noise on the last
+The noise of a predictor step t_cur -> t_next is the Brownian increment over the step,
+`solvers.noise.increment_normal(x, t_cur, t_next, generator)`: with `solvers.brownian_paths` every sample
+follows its own path W(t) whatever the grid (strong errors against a fine-step solution on that path);
+the Langevin corrector's noise is not a Brownian increment of this SDE (an MCMC move at fixed t) and is
+a fresh draw (`randn_like`). With one generator or path per sample, a sample does not depend on the
+batch it is drawn in. All solvers add noise on the last
 step too, so they target p_{t_end}; `sample(..., denoise_final=True)` returns x0(x, t_end) instead.
 """
 from __future__ import annotations
@@ -13,7 +17,7 @@ import math
 import torch
 
 from .model import Model
-from .noise import randn_like
+from .noise import increment_normal, randn_like
 from .options import positive
 from .registry import solver
 
@@ -35,17 +39,20 @@ def em_step(model: Model, x, t_cur: float, t_next: float, generator=None):
     """One Euler-Maruyama step of the reverse SDE: x + dt * drift + g(t) sqrt(|dt|) z, with dt < 0. 1 NFE."""
     dt = t_next - t_cur
     g = math.sqrt(model.schedule.at(t_cur).g2)
-    return x + dt * model.sde_drift(x, t_cur) + (g * math.sqrt(-dt)) * randn_like(x, generator)
+    z = increment_normal(x, t_cur, t_next, generator)
+    return x + dt * model.sde_drift(x, t_cur) + (g * math.sqrt(-dt)) * z
 
 
 def reverse_diffusion_step(model: Model, x, t_cur: float, t_next: float, generator=None):
     """score_sde's reverse-diffusion predictor with the exact forward step (a, v) from t_next to t_cur. 1 NFE.
 
     The forward step x_cur = x_next + (a - 1) x_next + sqrt(v) z is reversed as
-    x_next = x - (a - 1) x + v score(x, t_cur) + sqrt(v) z; a and v stay valid on any grid.
+    x_next = x - (a - 1) x + v score(x, t_cur) + sqrt(v) z; a and v stay valid on any grid. z is the Brownian
+    increment over the step (sqrt(v) = g sqrt(|dt|) to leading order).
     """
     a, v = forward_step(model.schedule, t_cur, t_next)
-    return (2.0 - a) * x + v * model.score(x, t_cur) + math.sqrt(v) * randn_like(x, generator)
+    z = increment_normal(x, t_cur, t_next, generator)
+    return (2.0 - a) * x + v * model.score(x, t_cur) + math.sqrt(v) * z
 
 
 def langevin_step(model: Model, x, t: float, snr: float, alpha: float, step_size: str = "sigma", generator=None):
@@ -73,10 +80,13 @@ def _norms(v: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(v.flatten(1), dim=1)
 
 
-@solver("euler_maruyama", kind="sde", weak_order=1, nfe_per_step=1, default_grid="uniform",
+@solver("euler_maruyama", kind="sde", weak_order=1, strong_order=1, nfe_per_step=1, default_grid="uniform",
         description="Euler-Maruyama on the reverse-time SDE")
 def euler_maruyama(model: Model, x, grid, *, generator=None):
-    """Euler-Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6). Weak order 1, strong 1/2; 1 NFE per step."""
+    """Euler-Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6). Weak order 1; 1 NFE per step.
+
+    Strong order 1, not 1/2: the noise is additive (g depends on t alone), so Euler-Maruyama is Milstein here.
+    """
     times = grid.tolist()
     for t_cur, t_next in zip(times[:-1], times[1:]):
         x = em_step(model, x, t_cur, t_next, generator)

@@ -14,7 +14,17 @@ import math
 import torch
 
 from .convergence import fit, in_band, order_band
-from .curves import ORDER_NFES, TOLERANCES, WEAK_NFES, Curve, error_curve, g
+from .curves import (
+    ORDER_NFES,
+    STRONG_NFES,
+    STRONG_STEPS,
+    TOLERANCES,
+    WEAK_NFES,
+    Curve,
+    error_curve,
+    g,
+    strong_error_curve,
+)
 from .model import Model
 from .outcomes import CheckFailed, Outcome, done, format_table
 from .registry import get_solver
@@ -32,13 +42,33 @@ from .sample_checks import (
 
 MIN_SLOPE = 0.5  # convergence: the error still falls at least this fast (log-log) between the two largest budgets
 CONSISTENT = 0.05  # convergence: final RMSE <= CONSISTENT * RMS of the reference solution
-BROWNIAN = "needs one Brownian path shared across grids (issue 14)"
+STRONG_SAMPLES = 1024  # check_solver: paths of the strong-error curve (x_T's first ones; 256 leave local slopes 0.57-1.51)
 
 __all__ = [
-    "BUDGETS", "ORDER_NFES", "TOLERANCES", "WEAK_NFES", "BudgetRun", "CheckFailed", "Curve", "Outcome",
-    "check_batch_independent", "check_convergence", "check_deterministic", "check_equal", "check_exact_nfe",
-    "check_finite", "check_order", "check_solver", "check_strong_order", "error_curve", "format_table",
-    "measure_order", "sweep_budgets",
+    "BUDGETS",
+    "ORDER_NFES",
+    "STRONG_NFES",
+    "STRONG_STEPS",
+    "TOLERANCES",
+    "WEAK_NFES",
+    "BudgetRun",
+    "CheckFailed",
+    "Curve",
+    "Outcome",
+    "check_batch_independent",
+    "check_convergence",
+    "check_deterministic",
+    "check_equal",
+    "check_exact_nfe",
+    "check_finite",
+    "check_order",
+    "check_solver",
+    "check_strong_order",
+    "error_curve",
+    "format_table",
+    "measure_order",
+    "strong_error_curve",
+    "sweep_budgets",
 ]
 
 
@@ -78,12 +108,33 @@ def check_order(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, curv
                          value=result.order, data={"fit": result, "band": (lo, hi), "curve": curve}))
 
 
-def check_strong_order(solver: str) -> Outcome:
-    """Strong order: not measurable yet (it needs one Brownian path shared across grids), so n/a, never pass."""
+def check_strong_order(solver: str, model: Model | None = None, x_T: torch.Tensor | None = None, nfes=None, *,
+                       curve: Curve | None = None, **kw) -> Outcome:
+    """The fitted strong order (RMSE against Euler-Maruyama at STRONG_STEPS steps on the same Brownian path per
+    sample, solvers.curves.strong_error_curve) lies in the band of the declared strong order.
+
+    kw: strong_error_curve's (seed, t_start, t_end, timesteps, steps, reference) and the solver's options.
+    n/a where no strong order is declared.
+    """
     spec = get_solver(solver)
     if spec.strong_order is None:
         return Outcome(solver, "strong order", "n/a", "no strong order declared")
-    return Outcome(solver, "strong order", "n/a", f"declared {spec.strong_order:g}, not measurable yet: {BROWNIAN}")
+    if curve is None and (model is None or x_T is None):
+        return Outcome(solver, "strong order", "n/a", f"declared {spec.strong_order:g}: give a model and x_T")
+    curve = curve or strong_error_curve(solver, model, x_T, nfes, **kw)
+    result = fit(curve.nfes, curve.errors, curve.floor)
+    lo, hi = order_band(spec.strong_order)
+    declared = f"declared {spec.strong_order:g}, band [{lo:g}, {hi:g}]"
+    what = f"strong order ({curve.samples:,} Brownian paths, reference EM at {STRONG_STEPS} steps)"
+    if result.ok:
+        ok = in_band(result.order, spec.strong_order)
+        detail = f"{what} {result.order:.2f} [{result.lo:.2f}, {result.hi:.2f}] over NFE {result.nfe_range}, {declared}"
+    else:
+        ok, detail = False, f"{what} not measurable: {result.note}; {declared}"
+    slopes = ", ".join(f"{s:.2f}" for s in result.local) or "—"
+    return done(Outcome(solver, "strong order", "pass" if ok else "FAIL", detail,
+                         f"{curve.table()}\n  local slopes: {slopes}", value=result.order,
+                         data={"fit": result, "band": (lo, hi), "curve": curve}))
 
 
 def _convergence_problems(curve: Curve) -> list[str]:
@@ -170,7 +221,7 @@ def check_solver(solver: str, model: Model, x_T: torch.Tensor, *, reference=None
             out += [Outcome(solver, "weak order" if stochastic else "order", status, why),
                     Outcome(solver, "convergence", status, why)]
     if spec.kind == "sde":
-        out.append(check_strong_order(solver))
+        out.append(_outcome(check_strong_order, solver, model, x_T[:STRONG_SAMPLES], seed=seed, **options))
     sweep = None if spec.adaptive else sweep_budgets(solver, model, x_T[:2], seed=seed, **options)
     out.append(_outcome(check_exact_nfe, solver, model, x_T[:2], sweep=sweep, **options))
     out.append(_outcome(check_finite, solver, model, x_T[:2], sweep=sweep, **options))

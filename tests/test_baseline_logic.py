@@ -65,12 +65,26 @@ def test_swap_is_caught_on_a_first_order_solver_too(problem):
 
 def test_stochastic_bias_rising_by_more_than_3_se_regresses(problem):
     base = measured(problem, "euler_maruyama", 20)
-    assert set(base["metric"]) == set(S.BIAS_METRICS) and (base["stderr"] > 0).all()
+    assert set(base["metric"]) == set(S.BIAS_METRICS + S.ERROR_METRICS)
+    assert (base[base.metric.isin(S.BIAS_METRICS)]["stderr"] > 0).all()
     spread = measured(problem, "euler_maruyama", 20, run=lambda *a, **k: sample(*a, **k) * 1.05)
     cmp = C.compare(base, spread)
     row = cmp.set_index("metric").loc["bias_sq_norm"]
     assert row["status"] == "regressed", cmp
     assert C.failures(C.compare(spread, base)).empty  # the reverse is an improvement
+
+
+def test_a_stochastic_solver_off_its_brownian_paths_regresses_through_the_strong_error(problem):
+    """Noise from another source has the same law (biases within their standard errors) but not the same paths: the
+    strong error against Euler-Maruyama at 4096 steps on the baseline's paths rises far above 1%."""
+    base = measured(problem, "euler_maruyama", 50)
+    rows = base.set_index("metric")
+    assert 0 < rows.loc["rmse", "value"] <= rows.loc["max_error", "value"]
+    assert "strong error vs Euler-Maruyama at 4096 uniform steps" in rows.loc["rmse", "reference"]
+    other = measured(problem, "euler_maruyama", 50,
+                     run=lambda *a, generator=None, **k: sample(*a, generator=torch.Generator().manual_seed(5), **k))
+    cmp = C.compare(base, other).set_index("metric")
+    assert cmp.loc["rmse", "status"] == "regressed" and cmp.loc["max_error", "status"] != "improved", cmp
 
 
 def test_measurement_is_reproducible_bit_for_bit(problem):

@@ -166,15 +166,22 @@ def test_order_of_builtins_through_the_same_functions(vp):
     assert testing.check_order("dpm_solver_2", rm.model, x_T, nfes=(20, 40, 80, 160, 320)).status == "pass"
 
 
-def test_strong_order_is_reported_not_measurable_never_passed():
+def test_strong_order_is_measured_on_brownian_paths(vp):
+    """A solver that ignores its noise declares strong order 1 in vain: its error against the fine-step solution on the
+    same Brownian paths does not fall. Without a model the check is n/a, never pass."""
+    rm, x_T = vp
+
     @solver("em_with_strong", kind="sde", weak_order=1, strong_order=1, nfe_per_step=1, default_grid="uniform")
     def em_with_strong(model, x, grid, *, generator=None):
+        for s, t in zip(grid[:-1].tolist(), grid[1:].tolist()):
+            x = x + (t - s) * model.sde_drift(x, s)
         return x
 
     outcome = testing.check_strong_order("em_with_strong")
-    assert outcome.status == "n/a" and "declared 1, not measurable yet" in outcome.detail
-    assert "issue 14" in outcome.detail
-    assert testing.check_strong_order("euler_maruyama").detail == "no strong order declared"
+    assert outcome.status == "n/a" and "declared 1: give a model and x_T" in outcome.detail
+    with pytest.raises(testing.CheckFailed, match="strong order"):
+        testing.check_strong_order("em_with_strong", rm.model, x_T[:64], (16, 32, 64, 128), steps=1024)
+    assert testing.check_strong_order("reverse_diffusion").detail == "no strong order declared"
 
 
 def test_a_global_generator_draw_breaks_determinism_and_per_sample_noise_keeps_batches(vp):

@@ -43,6 +43,9 @@ def synthetic_rows(run_id: str = "run-a", worse: dict | None = None, models=tupl
                         r["error_max"] = 3 * r["error_rmse"]
                     elif kind == "ode":
                         r["error_rmse"] = r["error_max"] = 1e-6
+                    elif nfe is not None:  # a stochastic row's strong error (same Brownian paths): order 1
+                        r["error_rmse"] = 2 * (0.5 + m) / nfe * math.exp(0.02 * rng.normal())
+                        r["error_max"] = 3 * r["error_rmse"]
                     p = 0.7 if kind == "sde" else min(order, 3)
                     q = (0.02 + 0.3 * (12 if nfe is None else nfe) ** -p) * (1 + 0.01 * rng.normal())
                     q *= (worse or {}).get(solver, 1.0)
@@ -93,8 +96,9 @@ def test_report_files_and_every_png_has_content(single):
     html, out = single
     assert html == out / "report.html" and out == html.parent and out.name == "report"
     pngs = sorted(out.glob("*.png"))
-    # 3 models x (quality, error, quality-vs-time) + overhead
-    assert len(pngs) == 3 * 3 + 1
+    # 3 models x (quality, error, strong error, quality-vs-time) + overhead
+    assert len(pngs) == 3 * 4 + 1
+    assert len(list(out.glob("*-strong-error.png"))) == 3
     text, md = html.read_text(), (out / "report.md").read_text()
     assert text.count("src='data:image/png;base64,") == len(pngs) and "<img src='" not in text
     for section in ("Recommendation: which sampler at which NFE", "Summary", "Figures", "Convergence order",

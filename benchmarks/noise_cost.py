@@ -1,0 +1,105 @@
+"""What a stochastic sampler's noise costs: its wall time per evaluation over its deterministic counterpart's.
+
+The identity network (eps = x) at batch 256 x 1x8x8 in float32, one CPU thread (as benchmarks/overhead.py's
+Bench), so the time per evaluation is the sampler's own. Pairs (stochastic, deterministic): ddim eta=1 / ddim,
+dpmpp_2m_sde / dpmpp_2m and edm_sde / heun where those are registered. Each stochastic sampler is timed with
+every noise source a user can pass as `generator=`:
+
+    torch.Generator       one generator for the batch (a sample then depends on its batch)
+    per-sample generators solvers.per_sample_generators(seeds): a Python loop of 256 draws per step
+    seeded_noise          solvers.seeded_noise(seeds, shape): the same per-sample independence, one hashed draw
+    brownian_paths        solvers.brownian_paths(seeds, shape, t_end, T): one Brownian path per sample
+
+Rounds alternate between the deterministic run and each stochastic one, so a slow spell of the shared machine
+hits all; a ratio is the median over rounds of (stochastic / deterministic) within the round.
+
+    python benchmarks/noise_cost.py [--nfe 10,50] [--rounds 15] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from solvers import Model, VPSchedule, brownian_paths, list_solvers, per_sample_generators, sample, seeded_noise
+
+BATCH, SHAPE = 256, (1, 8, 8)
+T_END = 1e-3
+PAIRS = (  # stochastic solver, its options, deterministic counterpart, its options
+    ("ddim", {"eta": 1.0}, "ddim", {}),
+    ("dpmpp_2m_sde", {}, "dpmpp_2m", {}),
+    ("edm_sde", {}, "heun", {}),
+)
+SOURCES = {
+    "torch.Generator": lambda seeds: torch.Generator().manual_seed(0),
+    "per-sample generators": lambda seeds: per_sample_generators(seeds),
+    "seeded_noise": lambda seeds: seeded_noise(seeds, SHAPE, dtype=torch.float32),
+    "brownian_paths": lambda seeds: brownian_paths(seeds, SHAPE, T_END, 1.0, dtype=torch.float32),
+}
+
+
+def identity(x, t):
+    return x
+
+
+def pairs() -> list[tuple]:
+    """The pairs whose two solvers are registered (edm_sde and dpmpp_2m_sde come with solvers/stochastic.py)."""
+    names = set(list_solvers())
+    return [p for p in PAIRS if p[0] in names and p[2] in names]
+
+
+def run(solver: str, options: dict, x_T, nfe: int, generator=None) -> float:
+    """Seconds per evaluation of one sampling call (the budget checked exactly)."""
+    model = Model(identity, VPSchedule.linear(), prediction="eps")
+    start = time.perf_counter()
+    sample(model, x_T, solver, nfe=nfe, t_end=T_END, generator=generator, **options)
+    wall = time.perf_counter() - start
+    assert model.nfe == nfe, (solver, model.nfe, nfe)
+    return wall / nfe
+
+
+def measure(nfes=(10, 50), rounds: int = 15, sources=tuple(SOURCES)) -> list[dict]:
+    """One row per (pair, NFE, noise source): deterministic and stochastic microseconds per evaluation, and the ratio."""
+    x_T = torch.randn(BATCH, *SHAPE, generator=torch.Generator().manual_seed(0))
+    seeds = list(range(BATCH))
+    rows = []
+    for sto, sto_opts, det, det_opts in pairs():
+        for nfe in nfes:
+            run(det, det_opts, x_T, nfe)  # warm up
+            times = {"det": [], **{s: [] for s in sources}}
+            for _ in range(rounds):
+                times["det"].append(run(det, det_opts, x_T, nfe))
+                for s in sources:
+                    times[s].append(run(sto, sto_opts, x_T, nfe, SOURCES[s](seeds)))
+            d = times["det"]
+            for s in sources:
+                ratios = [a / b for a, b in zip(times[s], d)]
+                rows.append({"pair": f"{sto}{'(eta=1)' if sto_opts else ''} / {det}", "nfe": nfe, "source": s,
+                             "det_us": statistics.median(d) * 1e6, "sto_us": statistics.median(times[s]) * 1e6,
+                             "ratio": statistics.median(ratios)})
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    out = [f"identity model, batch {BATCH} x {'x'.join(map(str, SHAPE))} float32, {torch.get_num_threads()} thread(s); "
+           "microseconds per evaluation (median over rounds)",
+           f"{'pair':28s} {'NFE':>4s} {'noise source':22s} {'det':>7s} {'stoch':>8s} {'ratio':>7s}"]
+    out += [f"{r['pair']:28s} {r['nfe']:4d} {r['source']:22s} {r['det_us']:7.0f} {r['sto_us']:8.0f} {r['ratio']:6.2f}x"
+            for r in rows]
+    return "\n".join(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nfe", default="10,50")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(format_rows(measure(tuple(int(n) for n in args.nfe.split(",")), args.rounds)))
+
+
+if __name__ == "__main__":
+    main()
