@@ -30,7 +30,7 @@ T_END = 1e-3
 PAIRS = (  # stochastic solver, its options, deterministic counterpart, its options
     ("ddim", {"eta": 1.0}, "ddim", {}),
     ("dpmpp_2m_sde", {}, "dpmpp_2m", {}),
-    ("edm_sde", {}, "heun", {}),
+    ("edm_sde", {"s_churn": 40.0}, "heun", {}),  # s_churn = 0 (the default) draws no noise
 )
 SOURCES = {
     "torch.Generator": lambda seeds: torch.Generator().manual_seed(0),
