@@ -174,8 +174,9 @@ def _metrics(problem: Problem, cell: Cell, x: torch.Tensor, target) -> dict[str,
     if cell.stochastic:
         exact, strong = target
         out = {m: bias(s, exact[m]) for m, s in problem.statistics(x).items()}
-        errors = path_errors(x, strong).values() if strong is not None else (math.nan, math.nan)
-        return {**out, **{m: (v, math.nan) for m, v in zip(ERROR_METRICS, errors)}}
+        if strong is None:  # no strong reference here (e.g. Euler-Maruyama cannot start at FlowSchedule's t = 1)
+            return out
+        return {**out, **{m: (v, math.nan) for m, v in zip(ERROR_METRICS, path_errors(x, strong).values())}}
     return {m: (v, math.nan) for m, v in zip(ERROR_METRICS, path_errors(x, target).values())}  # error_rmse, error_max
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from bench.counterparts import COUNTERPARTS
-from solvers import solver
+from solvers import SeededNoise, per_sample_generators, solver
 
 N = 1000  # timesteps of the wrapped discrete chain
 MAX_STEPS = N - 1
@@ -124,6 +124,8 @@ def _generators(generator, batch: int):
     """The generator in the form diffusers' randn_tensor takes: None, one torch.Generator or a list, one per sample."""
     if generator is None or isinstance(generator, torch.Generator):
         return generator
+    if isinstance(generator, SeededNoise):  # Brownian paths or seeded noise: diffusers draws through generators, so
+        generator = per_sample_generators(generator.seeds)  # the same seeds, but not the path (no strong error)
     gens = list(generator)
     if len(gens) != batch:
         raise ValueError(f"got {len(gens)} per-sample generators for a batch of {batch}")

@@ -364,6 +364,8 @@ class Group:
         if errs:
             self.strong_note = f"no strong error (its reference failed: {errs[0]})"
             return
+        if fine is None:  # gathered on rank 0 only: the other ranks score nothing
+            return
         self.strong, self.strong_rmse = fine, float((fine - half).pow(2).mean().sqrt()) if len(fine) else math.nan
         self.strong_note = (f"strong error vs Euler-Maruyama at {fine_steps} uniform steps on the same Brownian "
                             f"paths; estimated RMSE {self.strong_rmse:.2g} (vs {fine_steps // 2} steps)")
