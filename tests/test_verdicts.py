@@ -75,7 +75,8 @@ def test_every_metric_has_its_interval_and_cost_its_repeats(small_run):
         assert have[lo].notna().all() and have[hi].notna().all(), m
         assert (have[lo] <= have[m] + 1e-12).all() and (have[m] <= have[hi] + 1e-12).all(), m
     assert ok["swd"].notna().all() and ok["nll_gap"].notna().all()
-    assert ok.loc[ok["kind"] == "ode", "error_rmse"].notna().all() and ok.loc[ok["kind"] == "sde", "error_rmse"].isna().all()
+    # ODE rows: the error against the reference solution; SDE rows: the strong error on their Brownian paths
+    assert ok["error_rmse"].notna().all() and (ok.loc[ok["kind"] == "sde", "error_rmse"] > 0).all()
     assert (ok["repeats"] == 2).all() and (ok["wall_spread"] >= 0).all()
     assert np.allclose(ok["wall_per_sample_s"], ok["wall_s"] / 300)
     groups = read_group_rows(out)
