@@ -30,13 +30,26 @@ def safe_name(text: str) -> str:
 _safe = safe_name
 
 
-def group_dir(run_dir, model: str, schedule: str, prediction: str, seed: int) -> Path:
-    return Path(run_dir) / DIR / _safe(f"{model}-{schedule}-{prediction}-seed{seed}")
+def group_dir(run_dir, model: str, schedule: str, prediction: str, seed: int, guidance_kind=None,
+              guidance=None) -> Path:
+    """DIR/arrays/<model>-<schedule>-<prediction>[-<guidance kind><scale>]-seed<seed>."""
+    guided = "" if _missing(guidance_kind) else f"-{guidance_kind}{float(guidance):g}"
+    return Path(run_dir) / DIR / _safe(f"{model}-{schedule}-{prediction}{guided}-seed{seed}")
 
 
-def cell_path(run_dir, model, schedule, prediction, seed, solver: str, nfe) -> Path:
+def row_group_dir(run_dir, row, seed=None) -> Path:
+    """group_dir of a result row (a pandas row or dict with the schema's group keys); `seed` overrides its seed."""
+    return group_dir(run_dir, row["model"], row["schedule"], row["prediction"], int(row["seed"] if seed is None else seed),
+                     row.get("guidance_kind"), row.get("guidance"))
+
+
+def cell_path(run_dir, model, schedule, prediction, seed, solver: str, nfe, guidance_kind=None, guidance=None) -> Path:
     name = f"{solver}-nfe{'auto' if nfe is None else int(nfe)}.safetensors"
-    return group_dir(run_dir, model, schedule, prediction, seed) / _safe(name)
+    return group_dir(run_dir, model, schedule, prediction, seed, guidance_kind, guidance) / _safe(name)
+
+
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
 def _save(path: Path, tensors: dict, meta: dict | None = None) -> None:
@@ -66,7 +79,7 @@ def load_cell(path: Path) -> tuple[Observation, torch.Tensor] | None:
         t, _ = _load(path)
     except Exception:
         return None
-    obs = Observation(**{k: (t[k].numpy() if k in t else None) for k in ("points", "log_p", "sq_err", "max_err")})
+    obs = Observation(**{k: (t[k].numpy() if k in t else None) for k in Observation.FIELDS})
     return obs, t.get("samples")
 
 
@@ -102,15 +115,15 @@ def drawn_samples(run_dir, rows) -> tuple[dict, torch.Tensor | None, bool] | Non
         return None
     r = ok.iloc[0]
     seed = int(ok["seed"].min())
-    key = (r["model"], r["schedule"], r["prediction"], seed)
-    group = load_group(group_dir(run_dir, *key) / "group.safetensors")
+    gdir = row_group_dir(run_dir, r, seed)
+    group = load_group(gdir / "group.safetensors")
     if group is None:
         return None
     evaluator, real = group
     cells = {}
     for _, c in ok[ok["seed"] == seed].sort_values("nfe", na_position="last").iterrows():
         nfe = None if pd.isna(c["nfe"]) else int(c["nfe"])
-        got = load_cell(cell_path(run_dir, *key[:3], seed, c["solver"], nfe))
+        got = load_cell(gdir / _safe(f"{c['solver']}-nfe{'auto' if nfe is None else nfe}.safetensors"))
         if got is not None and got[1] is not None:
             cells[(c["solver"], "adaptive" if nfe is None else str(nfe))] = got[1]
     image = evaluator.family == "image"

@@ -119,3 +119,25 @@ def writable_dir(text: str) -> Path:
 
 
 writable_dir = _named(writable_dir, "directory")
+
+
+def solver_names(valid):
+    """Comma-separated solver names from `valid()`, or 'all', or variants NAME:OPTION=VALUE[:...] of them
+    (bench.solver_variants)."""
+    plain = names("solver", valid, allow_all=True)
+
+    def parse(text: str) -> list[str]:
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        variants = [s for s in items if ":" in s]
+        known = plain(",".join(s.split(":")[0] for s in items)) if items != ["all"] else plain(text)
+        if items == ["all"]:
+            return known
+        from .solver_variants import variant
+        for s in variants:
+            try:
+                variant(s)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        return list(dict.fromkeys(items))
+
+    return _named(parse, "solvers")

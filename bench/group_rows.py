@@ -1,4 +1,4 @@
-"""A run's group rows (DIR/groups.parquet and .csv): per (model, schedule, prediction, seed) and metric, the quality
+"""A run's group rows (DIR/groups.parquet and .csv): per (model, schedule, prediction, guidance, seed) and metric, the quality
 of the reference solution ("reference") and of real data against real data ("data", the noise floor)."""
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def write_group_rows(run_dir: Path, rows: list[dict]) -> pd.DataFrame:
     new = schema.conform(pd.DataFrame(rows), schema.GROUP_COLUMNS)
     old = read_group_rows(run_dir)
     if len(old) and len(new):
-        keys = ["model", "schedule", "prediction", "seed"]
-        mine = old[keys].astype("string").agg("|".join, axis=1).isin(set(new[keys].astype("string").agg("|".join, axis=1)))
+        keys = schema.GROUP_KEYS
+        mine = old[keys].astype("string").fillna("<NA>").agg("|".join, axis=1).isin(set(new[keys].astype("string").fillna("<NA>").agg("|".join, axis=1)))
         old = old[~mine]
     table = schema.conform(pd.concat([old, new], ignore_index=True) if len(old) else new, schema.GROUP_COLUMNS)
     atomic_write(path, lambda p: table.to_parquet(p, index=False))

@@ -34,18 +34,25 @@ def path_errors(x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     return {"error_rmse": float(d.pow(2).mean().sqrt()), "error_max": float(d.abs().max())}
 
 
-def log_density(ref_model: ReferenceModel, x: torch.Tensor) -> np.ndarray:
-    """log p_t_end of each sample under an exact model's marginal at t_end (float64)."""
-    sched = ref_model.schedule
-    return ref_model.mixture.log_prob(x.double().cpu(), sched, sched.default_t_end).numpy()
+def log_density(ref_model: ReferenceModel, x: torch.Tensor, labels: torch.Tensor | None = None) -> np.ndarray:
+    """log p_t_end of each sample under an exact model's marginal at t_end (float64); with `labels` (guided sampling),
+    under the class-conditional marginal p_t_end(x | label) of each sample."""
+    sched, mix = ref_model.schedule, ref_model.mixture
+    if labels is not None:
+        return mix.conditional_log_prob(x.double().cpu(), labels.cpu(), sched, sched.default_t_end).detach().numpy()
+    return mix.log_prob(x.double().cpu(), sched, sched.default_t_end).numpy()
 
 
-def exact_log_likelihood(ref_model: ReferenceModel, seed: int, n: int = NLL_EXACT_SAMPLES) -> np.ndarray:
-    """(mean, variance, count) of log p_t_end over `n` exact draws of the model's marginal at t_end."""
-    sched = ref_model.schedule
+def exact_log_likelihood(ref_model: ReferenceModel, seed: int, n: int = NLL_EXACT_SAMPLES,
+                         conditional: bool = False) -> np.ndarray:
+    """(mean, variance, count) of log p_t_end over `n` exact draws of the model's marginal at t_end; `conditional`:
+    of log p_t_end(x | c) over exact draws of p_t_end(x | c), c uniform over the classes (as guided runs draw them)."""
+    sched, mix = ref_model.schedule, ref_model.mixture
     gen = torch.Generator().manual_seed(10_007 * seed + 17)
-    lp = log_density(ref_model, ref_model.mixture.sample(n, gen, schedule=sched, t=sched.default_t_end,
-                                                         dtype=torch.float64))
+    labels = torch.randint(0, mix.num_classes, (n,), generator=gen) if conditional else None
+    draws = mix.sample(n, gen, schedule=sched, t=sched.default_t_end, dtype=torch.float64,
+                       **({} if labels is None else {"labels": labels}))
+    lp = log_density(ref_model, draws, labels)
     return np.array([lp.mean(), lp.var(ddof=1), float(n)])
 
 
@@ -57,10 +64,13 @@ class Observation:
     log_p: np.ndarray | None = None  # (n,): exact models
     sq_err: np.ndarray | None = None  # (n,): mean squared path error per sample
     max_err: np.ndarray | None = None  # (n,): largest absolute coordinate error per sample
+    label_ok: np.ndarray | None = None  # (n,): 1 where a classifier assigns the sample its intended label (guided)
+
+    FIELDS = ("points", "log_p", "sq_err", "max_err", "label_ok")
 
     @property
     def n(self) -> int:
-        return len(next(a for a in (self.points, self.log_p, self.sq_err) if a is not None))
+        return len(next(a for a in (self.points, self.log_p, self.sq_err, self.label_ok) if a is not None))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -112,6 +122,8 @@ class Evaluator:
             out.append("fid")
         if obs.points is not None and self.ref is not None and obs.points.shape[1] == self.ref.shape[1]:
             out.append(self.ref_metric)
+        if obs.label_ok is not None:
+            out.append("label_error")
         return out
 
     def statistic(self, obs: Observation, metric: str):
@@ -123,6 +135,8 @@ class Evaluator:
             return lambda idx: float(pick(obs.max_err, idx).max())
         if metric == "nll_gap":
             return lambda idx: float(self.exact[0] - pick(obs.log_p, idx).mean())
+        if metric == "label_error":
+            return lambda idx: 1.0 - float(pick(obs.label_ok, idx).mean())
         if metric == "swd":
             return self._swd_statistic(obs, self.real)
         if metric in ("swd_ref", "fd_ref"):
@@ -231,10 +245,13 @@ def to_unit_range(ref_model: ReferenceModel, x: torch.Tensor) -> torch.Tensor:
 
 
 def observe(ref_model: ReferenceModel, x: torch.Tensor, reference_x: torch.Tensor | None = None,
-            features=None, model_samples: bool = True) -> Observation:
+            features=None, model_samples: bool = True, labels: torch.Tensor | None = None,
+            classify=None) -> Observation:
     """The per-sample arrays of samples `x`: points (low-dimensional samples; for images `features(x)`, or the
     pixels where there is no feature extractor), exact log-densities, and path errors against `reference_x` (in
-    the model's units). Images of the model (`model_samples`; not real data) are mapped to [-1, 1] first."""
+    the model's units). Images of the model (`model_samples`; not real data) are mapped to [-1, 1] first.
+    Guided samples (`labels`, one intended class per sample): exact log-densities under p(x | label), and with
+    `classify` (samples in [-1, 1] -> predicted labels) whether each sample is of its intended class."""
     x = x.detach().cpu()
     obs = Observation(points=None)
     shown = to_unit_range(ref_model, x) if model_samples else x
@@ -243,7 +260,9 @@ def observe(ref_model: ReferenceModel, x: torch.Tensor, reference_x: torch.Tenso
     else:
         obs.points = features(shown)
     if ref_model.mixture is not None:
-        obs.log_p = log_density(ref_model, x)
+        obs.log_p = log_density(ref_model, x, labels if model_samples else None)
+    if labels is not None and classify is not None and model_samples:
+        obs.label_ok = (classify(shown).cpu() == labels.cpu()).double().numpy()
     if reference_x is not None:
         d = (x.double() - reference_x.double().cpu()).flatten(1)
         obs.sq_err, obs.max_err = d.pow(2).mean(1).numpy(), d.abs().amax(1).numpy()

@@ -20,6 +20,7 @@ from . import arrays, orders, plots, verdicts
 from .cli import positive_number
 from .compare_runs import COMPARE_TOL, compare_section
 from .group_rows import read_group_rows
+from .guidance_report import guidance_section
 from .render import Section, render_html, render_md
 from .report_input import FORMATS, ReportError, load_run, parse_formats
 from .screenshot import TALL, find_chromium, parse_size, screenshot
@@ -31,10 +32,21 @@ DEFAULT_TOLERANCE = 0.1
 
 
 def _group_labels(rows: pd.DataFrame) -> pd.Series:
-    """The model name, with (schedule, prediction) added for models run with several of them."""
+    """The model name, with (schedule, prediction) added for models run with several of them, and the guidance
+    ("cfg w=4") of guided rows."""
     sp = rows["schedule"].fillna("?") + ", " + rows["prediction"].fillna("?")
     several = sp.groupby(rows["model"]).transform("nunique") > 1
-    return rows["model"].where(~several, rows["model"] + " (" + sp + ")")
+    label = rows["model"].where(~several, rows["model"] + " (" + sp + ")")
+    return label + guidance_labels(rows)
+
+
+def guidance_labels(rows: pd.DataFrame) -> pd.Series:
+    """" cfg w=4" for guided rows, "" for the others."""
+    if "guidance" not in rows or not len(rows):
+        return pd.Series("", index=rows.index, dtype="string")
+    w = pd.to_numeric(rows["guidance"], errors="coerce")
+    text = " " + rows["guidance_kind"].fillna("?").astype(str) + " w=" + w.map(lambda v: f"{v:g}")
+    return text.where(w.notna(), "").astype("string")
 
 
 def make_report(run_dirs, out_dir=None, formats=FORMATS, tolerance: float = DEFAULT_TOLERANCE,
@@ -67,7 +79,8 @@ def make_report(run_dirs, out_dir=None, formats=FORMATS, tolerance: float = DEFA
                                                      "or a wall-clock."]),
                 order_section(shown, order_tol), implementations_section(rows, metrics, pairing),
                 target_section(shown, metrics, groups, tolerance),
-                pareto_section(shown, metrics), timing_section(shown, runs)]
+                pareto_section(shown, metrics), guidance_section(shown, metrics, groups, tolerance, order_tol, out),
+                timing_section(shown, runs)]
     if len(runs) > 1:
         sections.append(compare_section(rows, metrics, runs, compare_tol))
     sections += [failures_section(rows), provenance_section(runs)]
@@ -91,10 +104,15 @@ def _group_rows(runs, rows: pd.DataFrame) -> pd.DataFrame:
     """Every run's group rows (reference quality, noise floor) with the same `group` labels as `rows`."""
     parts = [read_group_rows(r.path).assign(run=r.label) for r in runs]
     groups = pd.concat(parts, ignore_index=True)
-    label = rows.drop_duplicates(["model", "schedule", "prediction"]).set_index(["model", "schedule", "prediction"])
-    keys = list(zip(groups["model"], groups["schedule"], groups["prediction"]))
-    groups["group"] = [label["group"].get(k, k[0]) if len(label) else k[0] for k in keys]
+    keys = ["model", "schedule", "prediction", "guidance_kind", "guidance"]
+    label = {tuple(_key(r[c]) for c in keys): r["group"] for _, r in rows.drop_duplicates(keys).iterrows()}
+    groups["group"] = [label.get(tuple(_key(r[c]) for c in keys), r["model"]) for _, r in groups.iterrows()]
     return groups
+
+
+def _key(value):
+    """A table value as a dictionary key: <NA> and NaN as None."""
+    return None if pd.isna(value) else value
 
 
 def _write(out: Path, formats, runs, rows, sections) -> Path:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plugins, schema
-from .cli import MAX_SEED, integer, integers, model_specs, names, writable_dir
+from reference_models.guided import CONDITIONAL_MODELS, GUIDANCE_KINDS
+
+from . import guidance, plugins, schema
+from .cli import MAX_SEED, integer, integers, model_specs, names, solver_names, writable_dir
 from .model_specs import DATA_RANGES
 from .references import reference_choice
 
@@ -59,6 +61,16 @@ the time inside the network (wall_s - model_s is solver overhead); peak_mem_mb i
 allocated above the cell's start on GPU, and on CPU the growth of the peak resident set (after
 malloc_trim; VmHWM, reset per cell).
 
+Guidance (--guidance 1,2,4,8, --guidance-kind cfg|classifier): every cell is repeated at each scale w
+for class-conditional models (gmm2d: 8 classes, gmm-digits: 10, digits-cond: 10); each sample gets a
+label drawn from (seed, sample index), the same for every solver. A guided (model, scale) has its own
+reference solution (exact for the mixtures: DOP853 on the exact guided PF-ODE), its own rows
+(guidance, guidance_kind) and report group; network_calls counts network calls per sample (CFG: one
+batched call per evaluation; classifier guidance: network plus classifier). Exact models add the NLL
+gap under p(x | c) and, with the digits models, label_error: 1 - the classifier's accuracy on the
+intended labels. A solver variant NAME:OPTION=VALUE (e.g. dpmpp_2m:thresholding=dynamic) runs as a
+solver of its own, so thresholding can be compared with the plain solver at large w.
+
 Output: DIR/results.jsonl (journal, one row per finished cell), DIR/results.parquet and .csv,
 DIR/manifest.json, a report in DIR/report. Run the same command again to resume an interrupted
 run: finished cells (ok, skipped, and failed ones unless --retry-failed) are kept, the others are
@@ -94,8 +106,9 @@ def _schedules():
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
-    p.add_argument("--solvers", type=names("solver", _solvers, allow_all=True), default=None,
-                   help="'all' (default) or comma-separated solver names")
+    p.add_argument("--solvers", type=solver_names(_solvers), default=None,
+                   help="'all' (default) or comma-separated solver names; NAME:OPTION=VALUE[:...] is a variant with "
+                        "options (e.g. dpmpp_2m:thresholding=dynamic), a solver of its own in the tables")
     p.add_argument("--models", type=model_specs(_models), default=None,
                    help="'all' or comma-separated models: registered names, and models of your own as "
                         "diffusers:PATH_OR_HUB_ID, MODULE:FACTORY or path/to/file.py:FACTORY (default: the default "
@@ -123,6 +136,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="noise schedules: vp, ve and/or flow (rectified flow; registered models predict the velocity "
                         "there). Default: vp, and without --models also flow for the default flow models (gmm2d, "
                         "toy2d-8gaussians). Trained models are trained for each on first use")
+    p.add_argument("--guidance", type=guidance.scales, default=None, metavar="W[,W...]",
+                   help="guidance scales: a guided copy of every cell at each scale w (w = 1: the conditional model, "
+                        "w = 0: the unconditional one), with per-sample labels drawn from the seed; needs "
+                        f"class-conditional models ({', '.join(CONDITIONAL_MODELS)})")
+    p.add_argument("--guidance-kind", choices=GUIDANCE_KINDS, default=guidance.DEFAULT_KIND,
+                   help="cfg (classifier-free, default): eps_u + w (eps_c - eps_u); classifier: score + w grad log "
+                        "p(c | x_t) from a classifier of noisy samples (exact for the mixtures)")
     p.add_argument("--samples", type=integer(1), default=None,
                    help="samples per cell (default: 1000 for 2-D models, 200 for image models)")
     p.add_argument("--repeats", type=integer(1), default=DEFAULT_REPEATS,
@@ -170,6 +190,8 @@ def _config(args, planned) -> dict:
         config["data"] = data
     if args.reference != "auto":
         config["reference"] = args.reference
+    if args.guidance:
+        config["guidance"], config["guidance_kind"] = args.guidance, args.guidance_kind
     return config
 
 
@@ -368,7 +390,9 @@ def _start_manifest(run_dir: Path, manifest: dict, args, config: dict, world, pl
 def summary(df: pd.DataFrame) -> str:
     """Solver x NFE of the headline metric (mean over seeds), one block per model and schedule."""
     blocks = []
-    for (model, sched), rows in df[df["status"] == "ok"].groupby(["model", "schedule"], sort=False):
+    ok = df[df["status"] == "ok"]
+    guided = ok["guidance_kind"].fillna("") + ok["guidance"].map(lambda w: "" if pd.isna(w) else f" w={w:g}")
+    for (model, sched, how), rows in ok.groupby([ok["model"], ok["schedule"], guided], sort=False):
         metric = schema.headline_metric(rows)
         if metric is None:
             continue
@@ -383,7 +407,8 @@ def summary(df: pd.DataFrame) -> str:
             used = rows[rows["col"] == "adaptive"].groupby("solver")["nfe_used"].mean()
             table["adaptive"] = [f"{v:.4g} ({used[s]:.0f} NFE)" if pd.notna(v) else "" for s, v in
                                  table["adaptive"].items()]
-        blocks.append(f"{model} ({sched}): {schema.LABELS.get(metric, metric)}, lower is better\n"
+        where = f"{sched}, {how}" if how else sched
+        blocks.append(f"{model} ({where}): {schema.LABELS.get(metric, metric)}, lower is better\n"
                       + table.to_string(float_format=lambda v: f"{v:.4g}", na_rep="-"))
     counts = df["status"].value_counts().to_dict()
     blocks.append("cells: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in schema.STATUSES))
@@ -472,6 +497,9 @@ def _plan(args, world):
         model_specs.check_samples(planned, _samples_per_model(planned, args.samples))
     except model_specs.ModelArgumentError as e:
         return None, f"{PROG}: error: {e}"
+    refusal = guidance.refusal(planned, args.guidance_kind) if args.guidance else None
+    if refusal:
+        return None, f"{PROG}: error: {refusal}"
     return planned, None
 
 
@@ -503,7 +531,8 @@ def _run(args, world) -> int:
                       samples=args.samples, batch_size=args.batch_size, cache_dir=args.cache_dir, run_id=run_dir.name,
                       repeats=args.repeats, reference=args.reference, strong_steps=args.strong_steps,
                       model_schedules={p.name: (p.schedules, p.prediction) for p in planned if p.user},
-                      registered_schedules={p.name: p.schedules for p in planned if not p.user})
+                      registered_schedules={p.name: p.schedules for p in planned if not p.user},
+                      guidance=args.guidance, guidance_kind=args.guidance_kind)
         df = run_sweep(sweep, run_dir, world, loader=model_specs.loader(planned), progress=not args.quiet,
                        retry_failed=args.retry_failed)
         if world.main:

@@ -30,13 +30,16 @@ METRICS = {
     "kid": Metric("KID", "quality", "stderr"),
     "swd": Metric("sliced Wasserstein", "quality", "bootstrap", unit="data units"),
     "mmd": Metric("MMD", "quality", "stderr"),
+    # guided sampling of a class-conditional model: the share of samples that the digit classifier does not assign
+    # to their intended label (1 - accuracy; lower is better, as every metric here)
+    "label_error": Metric("label error (1 - classifier accuracy on the intended labels)", "quality", "bootstrap"),
     # the distance of the samples' distribution to the reference solution's samples (same x_T), no data needed:
     # Frechet distance in the FID feature space for images with a feature extractor, else sliced Wasserstein
     "fd_ref": Metric("FD to reference samples", "error", "bootstrap"),
     "swd_ref": Metric("SWD to reference samples", "error", "bootstrap", unit="data units"),
 }
 # Headline quality per model, in order of preference: against data where there are data, else the data-free one.
-HEADLINE = ("fid", "nll_gap", "swd", "mmd", "fd_ref", "swd_ref")
+HEADLINE = ("fid", "nll_gap", "swd", "mmd", "fd_ref", "swd_ref", "label_error")
 DATA_FREE = ("fd_ref", "swd_ref")
 LABELS = {m: d.label for m, d in METRICS.items()}
 # A stochastic row's error columns hold its strong error: against Euler-Maruyama at 4096 steps on the same Brownian
@@ -55,15 +58,20 @@ def bounds(metric: str) -> tuple[str, str]:
     return f"{metric}_lo", f"{metric}_hi"
 
 
-# One row per (model, schedule, solver, nfe, seed) cell, long format.
-IDENTITY = ["model", "schedule", "prediction", "solver", "nfe", "seed"]
+# One row per (model, schedule, guidance, solver, nfe, seed) cell, long format. Unguided cells have guidance and
+# guidance_kind <NA>.
+IDENTITY = ["model", "schedule", "prediction", "guidance_kind", "guidance", "solver", "nfe", "seed"]
+GROUP_KEYS = ["model", "schedule", "prediction", "guidance_kind", "guidance", "seed"]
 COLUMNS = {
     # identity and configuration
     "run_id": "string", "model": "string", "schedule": "string", "prediction": "string", "solver": "string",
+    "guidance_kind": "string",  # "cfg" or "classifier" (bench run --guidance); <NA>: unguided
+    "guidance": "float64",  # the guidance scale w (w = 1: the conditional model, w = 0 the unconditional one)
     "kind": "string",  # "ode" or "sde" (stochastic: the error columns hold the strong error, STRONG_LABELS)
     "order": "float64",  # declared order (ode: global, sde: weak)
     "nfe": "Int64",  # budget asked; <NA> for adaptive solvers, which take tolerances (see options)
     "nfe_used": "Int64",  # measured by counting model calls
+    "network_calls": "Int64",  # calls of the network per sample (guided: 1 per evaluation when batched, else 2)
     "steps": "Int64", "seed": "Int64", "timesteps": "string",
     "options": "string",  # JSON of the solver options used
     "samples": "Int64", "device": "string",
@@ -83,9 +91,10 @@ COLUMNS = {
 REFERENCE_MARGIN = 2.0
 STATUSES = ("ok", "failed", "skipped")
 
-# Group-level rows (one per model, schedule, prediction, seed, source, metric): the quality of the
+# Group-level rows (one per model, schedule, prediction, guidance, seed, source, metric): the quality of the
 # reference solution ("reference") and of real data against real data ("data", the noise floor).
-GROUP_COLUMNS = {"model": "string", "schedule": "string", "prediction": "string", "seed": "Int64",
+GROUP_COLUMNS = {"model": "string", "schedule": "string", "prediction": "string", "guidance_kind": "string",
+                 "guidance": "float64", "seed": "Int64",
                  "source": "string", "metric": "string", "value": "float64", "lo": "float64", "hi": "float64",
                  "samples": "Int64", "note": "string"}
 

@@ -163,26 +163,39 @@ def target_section(rows: pd.DataFrame, metrics: dict, groups: pd.DataFrame, tole
             sec.blocks.append(f"{group}: no real data; its headline, the {LABELS[metric]}, measures the distance to "
                               "the reference itself (give --data for a quality target).")
             continue
-        ref = verdicts.group_values(groups, group, "reference", metric)
+        ref, threshold = quality_target(groups, group, metric, tolerance)
         if not math.isfinite(ref[0]):
             sec.blocks.append(f"{group}: no reference quality recorded; no target.")
             continue
-        threshold = ref[2] * (1 + tolerance) if ref[2] >= 0 else ref[2] * (1 - tolerance)
-        cells = verdicts.cell_table(rows[rows["group"] == group], metric)
         body = []
-        for solver, c in cells.groupby("solver", sort=False):
-            c = c.sort_values("used")
-            hit = c[[verdicts.reaches(lo, threshold) for lo in c["q_lo"]]]
-            if hit.empty:
-                best = c.loc[c["q"].idxmin()]
+        for solver, (h, best) in first_hits(rows[rows["group"] == group], metric, threshold).items():
+            if h is None:
                 body.append([solver, ("not reached", "warn"), pm(best["q"], best["q_lo"], best["q_hi"]), "—"])
             else:
-                h = hit.iloc[0]
-                nfe = f"{h['used']:.0f} (adaptive)" if h["key"] < 0 else str(int(h["key"]))
-                body.append([solver, nfe, pm(h["q"], h["q_lo"], h["q_hi"]), fmt(h["per_sample"] * 1e3)])
+                body.append([solver, hit_nfe(h), pm(h["q"], h["q_lo"], h["q_hi"]), fmt(h["per_sample"] * 1e3)])
         sec.blocks += [("h3", f"{group}: reference {pm(*ref)}; target {LABELS.get(metric, metric)} <= {threshold:.3g}"),
                        Table(["solver", "smallest NFE", "quality ± 95%", "ms per sample"], body, "solver")]
     return sec
+
+
+def quality_target(groups: pd.DataFrame, group: str, metric: str, tolerance: float) -> tuple[tuple, float]:
+    """(the reference solution's quality (value, lo, hi), the target): its interval's upper end x (1 + tolerance)."""
+    ref = verdicts.group_values(groups, group, "reference", metric)
+    return ref, ref[2] * (1 + tolerance) if ref[2] >= 0 else ref[2] * (1 - tolerance)
+
+
+def first_hits(rows: pd.DataFrame, metric: str, threshold: float) -> dict:
+    """solver -> (its cheapest cell reaching `threshold`, or None; its best cell), over one group's rows."""
+    out = {}
+    for solver, c in verdicts.cell_table(rows, metric).groupby("solver", sort=False):
+        c = c.sort_values("used")
+        hit = c[[verdicts.reaches(lo, threshold) for lo in c["q_lo"]]]
+        out[solver] = (None if hit.empty else hit.iloc[0], c.loc[c["q"].idxmin()])
+    return out
+
+
+def hit_nfe(h) -> str:
+    return f"{h['used']:.0f} (adaptive)" if h["key"] < 0 else str(int(h["key"]))
 
 
 def pareto_section(rows: pd.DataFrame, metrics: dict) -> Section:

@@ -30,18 +30,19 @@ from tqdm.auto import tqdm
 import reference_models
 from reference_models import ReferenceModel
 from reference_models.registry import prediction_for
-from solvers import brownian_paths, get_solver, per_sample_generators, sample
+from solvers import brownian_paths, per_sample_generators, sample
 from solvers.curves import STRONG_STEPS
 
-from . import arrays, metrics, quality, references, schema
+from . import arrays, guidance, metrics, quality, references, schema
 from .dist import World
 from .group_rows import write_group_rows
+from .solver_variants import variant
 from .store import Journal, atomic_write, write_tables
 
 # Default samples per cell, by the model's metric family (overridden by --samples).
 DEFAULT_SAMPLES = {"2d": 1000, "image": 200}
-# Streams of per-sample seeds: prior noise, solver noise, real data, the noise floor's second real draw.
-XT, NOISE, REAL, FLOOR = 0, 1, 2, 3
+# Streams of per-sample seeds: prior noise, solver noise, real data, the noise floor's second real draw, class labels.
+XT, NOISE, REAL, FLOOR, LABELS = 0, 1, 2, 3, 4
 REFERENCE_CHUNKS = 8  # the reference solution is computed in up to this many pieces, for its progress bar,
 REFERENCE_CHUNK_MIN = 32  # of at least this many samples each (a network evaluates a batch in about the same time)
 
@@ -54,20 +55,29 @@ class Cell:
     solver: str
     nfe: int | None  # None: adaptive solver at its default tolerances
     seed: int
+    guidance: float | None = None  # the guidance scale w; None: unguided
+    guidance_kind: str | None = None  # "cfg" or "classifier" where guided
 
     @property
     def key(self) -> tuple:
-        return (self.model, self.schedule, self.prediction, self.solver, self.nfe, self.seed)
+        return (self.model, self.schedule, self.prediction, self.guidance_kind, self.guidance, self.solver, self.nfe,
+                self.seed)
 
     def identity(self) -> dict:
         return dict(zip(schema.IDENTITY, self.key))
 
     @property
     def group(self) -> tuple:
-        return (self.model, self.schedule, self.prediction, self.seed)
+        """(model, schedule, prediction, guidance_kind, guidance, seed): schema.GROUP_KEYS."""
+        return (self.model, self.schedule, self.prediction, self.guidance_kind, self.guidance, self.seed)
+
+    @property
+    def guided(self) -> str:
+        return "" if self.guidance is None else f" {self.guidance_kind} w={self.guidance:g}"
 
     def __str__(self) -> str:
-        return f"{self.model}/{self.schedule} {self.solver} nfe={'auto' if self.nfe is None else self.nfe} seed={self.seed}"
+        return (f"{self.model}/{self.schedule}{self.guided} {self.solver} nfe={'auto' if self.nfe is None else self.nfe} "
+                f"seed={self.seed}")
 
 
 @dataclass
@@ -90,6 +100,8 @@ class Sweep:
     model_schedules: dict = field(default_factory=dict)
     # registered models: name -> their schedule labels where not `schedules` (the default sweep's flow models)
     registered_schedules: dict = field(default_factory=dict)
+    guidance: list[float] | None = None  # guidance scales (bench run --guidance); None: unguided
+    guidance_kind: str = "cfg"  # "cfg" (classifier-free) or "classifier"
 
     def cells(self) -> list[Cell]:
         """The grid, grouped by (model, schedule, seed) so that each group loads its model once.
@@ -103,10 +115,12 @@ class Sweep:
                 m, (self.registered_schedules.get(m, self.schedules), self.prediction))
             for sch in schedules:
                 pred = prediction if user else prediction_for(sch, prediction)
-                for seed in self.seeds:
-                    for s in self.solvers:
-                        budgets = [None] if get_solver(s).adaptive else self.nfes
-                        out += [Cell(m, sch, pred, s, n, seed) for n in budgets]
+                for w in (self.guidance or [None]):
+                    kind = None if w is None else self.guidance_kind
+                    for seed in self.seeds:
+                        for s in self.solvers:
+                            budgets = [None] if variant(s)[0].adaptive else self.nfes
+                            out += [Cell(m, sch, pred, s, n, seed, w, kind) for n in budgets]
         return out
 
 
@@ -196,16 +210,26 @@ class Group:
     def __init__(self, sweep: Sweep, cell: Cell, world: World, run_dir: Path, loader: Callable, progress: bool,
                  needs_reference: bool):
         self.world, self.seed, self.run_dir, self.cell = world, cell.seed, run_dir, cell
+        def load(show: bool) -> ReferenceModel:
+            ref = loader(cell.model, cell.schedule, cell.prediction, sweep.cache_dir, world.device, show)
+            if cell.guidance is None:
+                return ref
+            return ref.guided(cell.guidance, cell.guidance_kind, cache_dir=sweep.cache_dir, device=str(world.device),
+                              progress=show)
+
         # rank 0 loads (and trains, on first use) before the others read the cache
         if world.main:
-            self.ref = loader(cell.model, cell.schedule, cell.prediction, sweep.cache_dir, world.device, progress)
+            self.ref = load(progress)
         world.barrier()
         if not world.main:
-            self.ref = loader(cell.model, cell.schedule, cell.prediction, sweep.cache_dir, world.device, False)
+            self.ref = load(False)
         self.model = self.ref.model
         self.model.timing = True
         self.n = sweep.samples or DEFAULT_SAMPLES.get(self.ref.metric, 500)
         self.shard = world.shard(self.n)
+        # guided groups: one class label per sample, drawn from (seed, sample index), the same for every solver
+        self.labels = None if cell.guidance is None else guidance.sample_labels(self.seed, self.shard, self.ref.classes)
+        self.all_labels = None if self.labels is None else world.gather(self.labels)
         self.batch = sweep.batch_size or max(len(self.shard), 1)
         self.x_T = self.ref.schedule.prior_sample((len(self.shard), *self.ref.shape),
                                                   per_sample_generators(sample_seeds(self.seed, XT, self.shard)),
@@ -243,10 +267,12 @@ class Group:
         stats = None
         if fid_stats is not None and self.features is not None:
             stats = (fid_stats.mu, fid_stats.sigma)
-        ref_obs = None if self.reference is None else metrics.observe(self.ref, self.reference.float(),
-                                                                         features=self.features)
+        self.classify = None if self.all_labels is None else guidance.label_classifier(
+            self.ref, cache_dir=sweep.cache_dir, device=str(self.world.device))
+        ref_obs = None if self.reference is None else self.observe(self.reference.float())
         ref_points = None if ref_obs is None else ref_obs.points
-        exact = metrics.exact_log_likelihood(self.ref, self.seed) if self.ref.mixture is not None else None
+        exact = (metrics.exact_log_likelihood(self.ref, self.seed, conditional=self.all_labels is not None)
+                 if self.ref.mixture is not None else None)
         ref_metric = "fd_ref" if self.features is not None else "swd_ref"
         self.evaluator = metrics.Evaluator(real_points, exact, self.seed, self.ref.metric, ref_points=ref_points,
                                            fid_stats=stats, ref_metric=ref_metric)
@@ -258,18 +284,31 @@ class Group:
             sources["reference"] = (ref_obs, self.reference_note)
         for source, (obs, note) in sources.items():
             if source == "data" and exact is not None:  # the NLL gap's floor: exact draws against exact draws
+                labels = self.all_labels
                 obs.log_p = metrics.log_density(self.ref, self.ref.mixture.sample(
                     self.n, self._floor_gen, schedule=self.ref.schedule, t=self.ref.schedule.default_t_end,
-                    dtype=torch.float64))
+                    dtype=torch.float64, **({} if labels is None else {"labels": labels})), labels)
             values = self.evaluator.measure(obs, self.seed)
-            self.rows += [{**dict(zip(("model", "schedule", "prediction", "seed"), self.cell.group)), "source": source, "metric": m,
+            self.rows += [{**dict(zip(schema.GROUP_KEYS, self.cell.group)), "source": source, "metric": m,
                            "value": values[m], "lo": values[schema.bounds(m)[0]], "hi": values[schema.bounds(m)[1]],
                            "samples": self.n, "note": note} for m in values
                           if m in schema.METRICS and m not in schema.DATA_FREE]
-        path = arrays.group_dir(self.run_dir, *self.cell.group) / "group.safetensors"
+        path = arrays.row_group_dir(self.run_dir, self.cell.identity()) / "group.safetensors"
         shown = real if real is not None else torch.zeros((0, *self.ref.shape))
         arrays.save_group(path, real_points, exact, shown if self.ref.metric == "2d" else shown[:arrays.GRID_SAMPLES],
                           self.seed, self.ref.metric, ref_points=ref_points, fid_stats=stats, ref_metric=ref_metric)
+
+    def observe(self, x: torch.Tensor, reference_x: torch.Tensor | None = None) -> metrics.Observation:
+        """The per-sample arrays of this group's samples x (all of them, in the gathered order): features, exact
+        log-densities (under p(x | c) of each sample's label where guided), path errors, label hits."""
+        return metrics.observe(self.ref, x, reference_x, features=self.features, labels=self.all_labels,
+                               classify=self.classify)
+
+    def label(self, positions) -> None:
+        """Guided groups: give the model the labels of these samples (positions in this rank's shard) before it
+        samples them."""
+        if self.labels is not None:
+            self.model.labels = self.labels[positions]
 
     def _real_data(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(real data, the noise floor's independent real draw) of n points each; None where there are none.
@@ -310,6 +349,7 @@ class Group:
             return cached[0], f"cached: {cached[1]}", cached[2]
         try:
             x, how = self._solve_reference(progress)
+            self.label(slice(0, references.CHECK_SAMPLES))
             sq = references.accuracy(self.ref, self.x_T, x, *self.method) ** 2 * min(len(x), references.CHECK_SAMPLES)
             err = None
         except Exception as e:
@@ -352,6 +392,7 @@ class Group:
                 parts = []
                 for b in range(0, len(self.shard), self.batch):
                     idx = self.shard[b: b + self.batch]
+                    self.label(slice(b, b + self.batch))
                     parts.append(sample(self.model, self.x_T[b: b + self.batch], "euler_maruyama", nfe=steps,
                                         timesteps="uniform", generator=self.paths(self.seed, idx)).double().cpu())
                 outs[steps] = torch.cat(parts) if parts else self.x_T[:0].double().cpu()
@@ -379,6 +420,7 @@ class Group:
                    leave=False, disable=not (progress and self.world.main), dynamic_ncols=True)
         start = self.model.nfe
         for idx in bar:
+            self.label(idx)
             outs.append(references.solve(self.ref, self.x_T[idx], *self.method))
         how = references.describe(*self.method, round((self.model.nfe - start) / max(len(outs), 1)))
         return (torch.cat(outs) if outs else self.x_T.double().cpu()), f"{how} per chunk, {len(outs)} chunk(s)"
@@ -386,11 +428,11 @@ class Group:
 
 def run_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep) -> dict | None:
     """Sample one cell on every rank and score it on rank 0; returns the row on rank 0, None elsewhere."""
-    world, spec = group.world, get_solver(cell.solver)
-    options = spec.resolve_options({})
+    world, (spec, given) = group.world, variant(cell.solver)
+    options = spec.resolve_options(given)
     stochastic = spec.stochastic(options)
     row = {**cell.identity(), "run_id": sweep.run_id, "kind": "sde" if stochastic else "ode",
-           "order": float(spec.order), "timesteps": "adaptive" if spec.adaptive else spec.grid_for(cell.schedule),
+           "order": float(spec.declared_order(options)), "timesteps": "adaptive" if spec.adaptive else spec.grid_for(cell.schedule),
            "options": json.dumps(options, sort_keys=True), "samples": group.n, "device": str(world.device),
            "repeats": sweep.repeats}
     if cell.nfe is not None and not spec.budgets([cell.nfe], options):
@@ -418,6 +460,7 @@ def run_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep) -> dict | None
                wall_per_sample_s=wall / group.n, model_s=float(np.median(np.max([p["models"] for p in reports], 0))),
                peak_mem_mb=max(p["peak_mem_mb"] for p in reports),  # per process
                nfe_used=_per_sample_mean([c for p in reports for c in p["calls"]]),
+               network_calls=_per_sample_mean([c for p in reports for c in p["net"]]),
                steps=_per_sample_mean([s for p in reports for s in p["steps"]]))
     return score(row, x, group, stochastic)
 
@@ -433,15 +476,20 @@ def _budget_message(spec, nfe: int, options: dict) -> str:
 def sample_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep, stochastic: bool) -> dict:
     """This rank's samples of a cell, timed `sweep.repeats` times (after an untimed warm-up on first use)."""
     model = group.model
-    out = {"error": None, "x": group.x_T, "calls": [], "steps": [], "walls": [], "models": [], "peak_mem_mb": 0.0}
+    out = {"error": None, "x": group.x_T, "calls": [], "steps": [], "net": [], "walls": [], "models": [],
+           "peak_mem_mb": 0.0}
 
-    def run(x, indices):
+    def run(b: int, size: int):
+        """Sample this shard's samples b .. b + size - 1."""
+        indices = group.shard[b: b + size]
         gens = group.paths(cell.seed, indices) if stochastic else None
-        return sample(model, x, cell.solver, nfe=cell.nfe, generator=gens, return_info=True)
+        group.label(slice(b, b + size))
+        spec, given = variant(cell.solver)
+        return sample(model, group.x_T[b: b + size], spec.name, nfe=cell.nfe, generator=gens, return_info=True, **given)
 
     try:
         if (cell.model, cell.schedule, cell.solver) not in warmed:  # warm-up: a tiny untimed call
-            run(group.x_T[:2], list(group.shard)[:2])
+            run(0, 2)
             warmed.add((cell.model, cell.schedule, cell.solver))
         for repeat in range(sweep.repeats):
             memory = PeakMemory(group.world.device)
@@ -449,20 +497,21 @@ def sample_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep, stochastic:
             memory.start()
             _sync(group.world.device)
             start = time.perf_counter()
-            outs, calls, steps = [], [], []
+            outs, calls, steps, net = [], [], [], []
             for b in range(0, len(group.shard), group.batch):
                 indices = group.shard[b: b + group.batch]
-                before = model.nfe
-                x, info = run(group.x_T[b: b + group.batch], indices)
+                before, net_before = model.nfe, getattr(model, "network_calls", model.nfe)
+                x, info = run(b, group.batch)
                 outs.append(x)
                 calls.append((model.nfe - before, len(indices)))
+                net.append((getattr(model, "network_calls", model.nfe) - net_before, len(indices)))
                 steps.append((info.steps, len(indices)))
             _sync(group.world.device)
             out["walls"].append(time.perf_counter() - start)
             out["models"].append(model.model_time_s)
             out["peak_mem_mb"] = max(out["peak_mem_mb"], memory.stop())
             if repeat == 0:  # every repeat gives the same samples (same x_T, same per-sample noise)
-                out.update(x=torch.cat(outs) if outs else group.x_T[:0], calls=calls, steps=steps)
+                out.update(x=torch.cat(outs) if outs else group.x_T[:0], calls=calls, steps=steps, net=net)
         bad = int((~torch.isfinite(out["x"].reshape(out["x"].shape[0], -1))).any(1).sum())
         if bad:
             raise FloatingPointError(f"{bad} of {out['x'].shape[0]} samples are NaN/Inf")
@@ -481,9 +530,11 @@ def score(row: dict, x: torch.Tensor, group: Group, stochastic: bool) -> dict:
     """Metrics with intervals of a cell's gathered samples (rank 0); its arrays go to the run directory."""
     reference = group.strong if stochastic else group.reference
     try:
-        obs = metrics.observe(group.ref, x, reference, features=group.features)
+        obs = group.observe(x, reference)
         row.update(group.evaluator.measure(obs, group.seed))
-        arrays.save_cell(arrays.cell_path(group.run_dir, *group.cell.group, row["solver"], row["nfe"]), obs,
+        c = group.cell
+        arrays.save_cell(arrays.cell_path(group.run_dir, c.model, c.schedule, c.prediction, c.seed, row["solver"],
+                                          row["nfe"], c.guidance_kind, c.guidance), obs,
                          metrics.to_unit_range(group.ref, x), image=group.ref.metric == "image")
     except Exception as e:
         return {**row, "status": "failed", "message": f"metrics: {type(e).__name__}: {e}"}
@@ -538,7 +589,7 @@ def _open_group(sweep, cells, world, run_dir, loader, progress, bar) -> tuple[Gr
     bar.set_postfix_str(f"{cells[0].model}/{cells[0].schedule} seed={cells[0].seed}: loading")
     bar.clear()
     try:
-        needs_ref = any(not get_solver(c.solver).stochastic() for c in cells)
+        needs_ref = any(not variant(c.solver)[0].stochastic(variant(c.solver)[1]) for c in cells)
         group, error = Group(sweep, cells[0], world, run_dir, loader, progress, needs_ref), None
     except Exception as e:
         group, error = None, f"loading {cells[0].model} failed: {type(e).__name__}: {e}"

@@ -97,10 +97,10 @@ class Pairing:
         self.run_dirs = run_dirs
         self._groups: dict = {}
 
-    def _evaluator(self, run, model, schedule, prediction, seed):
-        key = (run, model, schedule, prediction, seed)
+    def _evaluator(self, run, row, seed):
+        d = arrays.row_group_dir(self.run_dirs[run], row, seed)
+        key = (run, str(d))
         if key not in self._groups:
-            d = arrays.group_dir(self.run_dirs[run], model, schedule, prediction, seed)
             loaded = arrays.load_group(d / "group.safetensors")
             self._groups[key] = loaded[0] if loaded else None
         return self._groups[key]
@@ -116,9 +116,10 @@ class Pairing:
             if ra.empty or rb.empty:
                 continue
             r = ra.iloc[0]
-            ev = self._evaluator(run, r["model"], r["schedule"], r["prediction"], int(seed))
+            ev = self._evaluator(run, r, int(seed))
             ca, cb = (arrays.load_cell(arrays.cell_path(self.run_dirs[run], r["model"], r["schedule"], r["prediction"],
-                                                        int(seed), name.split(EQUIV)[0], nfe)) for name in (a, b))
+                                                        int(seed), name.split(EQUIV)[0], nfe, r.get("guidance_kind"),
+                                                        r.get("guidance"))) for name in (a, b))
             if ev is None or ca is None or cb is None or metric not in ev.metrics(ca[0]) or ca[0].n != cb[0].n:
                 return None
             d, lo, hi = ev.paired(ca[0], cb[0], metric, int(seed))

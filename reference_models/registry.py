@@ -49,6 +49,15 @@ class ReferenceModel:
     fingerprint: str = ""  # sha256 hex of what makes the model: weights or mixture, config, schedule
     source: str = ""  # the spec it came from: a registered name, "diffusers:PATH", "pkg.mod:make", "f.py:make"
     real_data: object | None = None  # the reference_models.data_files.RealData its data were read from, if any
+    classes: int = 0  # class-conditional models: the number of classes (labels 0 .. classes - 1); 0: none
+    conditional: Callable | None = None  # trained class-conditional models: fn(x, t, labels) -> prediction
+    null_label: int | None = None  # the label of `conditional` that means "no class" (classifier-free guidance)
+
+    def guided(self, scale: float, kind: str = "cfg", *, cache_dir=None, device: str = "cpu", progress: bool = True):
+        """This model guided at `scale` (kind "cfg" or "classifier"): reference_models.guided.guided_reference."""
+        from .guided import guided_reference
+
+        return guided_reference(self, scale, kind, cache_dir=cache_dir, device=device, progress=progress)
 
     def floor_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n real points independent of `data`'s draws: the training split where the model has one (digits),
