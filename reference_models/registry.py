@@ -101,7 +101,7 @@ def gmm2d() -> GaussianMixture:
     """8 equal modes on a circle of radius 2, each with standard deviation 0.25 per axis."""
     ang = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     means = 2.0 * torch.stack([torch.cos(ang), torch.sin(ang)], dim=1)
-    return GaussianMixture(means, torch.full((8,), 0.25**2))
+    return GaussianMixture(means, torch.full((8,), 0.25**2), classes=torch.arange(8))  # class k = mode k
 
 
 _EXACT: dict[str, tuple[Callable[[], GaussianMixture], Callable | None]] = {
@@ -110,9 +110,10 @@ _EXACT: dict[str, tuple[Callable[[], GaussianMixture], Callable | None]] = {
 }
 
 MODELS: dict[str, Entry] = {
-    "gmm2d": Entry("exact", "2d", (2,), "8 Gaussians on a circle, exact score"),
+    "gmm2d": Entry("exact", "2d", (2,), "8 Gaussians on a circle (8 classes, one per mode), exact score"),
     "gmm-digits": Entry("exact", "image", digits.SHAPE,
-                        f"{digits.GMM_COMPONENTS}-component full-covariance mixture fitted to the 8x8 digits, exact score"),
+                        f"{digits.GMM_COMPONENTS}-component full-covariance mixture fitted to the 8x8 digits "
+                        f"({digits.GMM_PER_CLASS} per digit class), exact score"),
     **{f"toy2d-{k}": Entry("trained", "2d", (2,), f"MLP trained on the 2-D {k} set") for k in toy2d.SAMPLERS},
     "digits": Entry("trained", "image", digits.SHAPE, "small U-Net trained on the 8x8 digits"),
     "cifar10": Entry("trained", "image", (3, 32, 32), "DDPM U-Net on CIFAR-10 (downloads data; GPU job)"),
@@ -179,7 +180,7 @@ def load(name: str, schedule: str = "vp", prediction: str = "eps", cache_dir=Non
         sched = make_schedule(schedule)
         return ReferenceModel(name, mixture.model(sched, prediction), mixture.shape, "exact", entry.metric, data,
                               mixture, train_data=_TRAIN_DATA.get(name), fingerprint=mixture_fingerprint(mixture, sched),
-                              source=name)
+                              source=name, classes=mixture.num_classes)
     from .train import load_trained
 
     den, config = load_trained(name, schedule, prediction, cache_dir=cache_dir, device=device,
@@ -201,11 +202,14 @@ def canonical_json(obj) -> bytes:
 
 def mixture_fingerprint(mixture: GaussianMixture, schedule: Schedule) -> str:
     """sha256 of the mixture's means, weights and covariances (10 significant digits, so that last-bit differences of
-    the eigendecomposition between machines do not change it) and the schedule's description."""
+    the eigendecomposition between machines do not change it), its class map if it has one, and the schedule's
+    description."""
     covs = mixture.evecs @ torch.diag_embed(mixture.evals) @ mixture.evecs.transpose(1, 2)
     h = hashlib.sha256(canonical_json(schedule.describe()))
     for t in (mixture.means, mixture.log_weights.exp(), covs):
         h.update(" ".join(f"{v:.10g}" for v in t.flatten().tolist()).encode())
+    if mixture.classes is not None:  # a regrouped mixture is another model (its guided references differ)
+        h.update(("classes " + " ".join(map(str, mixture.classes.tolist()))).encode())
     return h.hexdigest()
 
 
