@@ -135,17 +135,19 @@ def _ratios(name_model, name, a, b):
 @pytest.mark.parametrize("name_model", ["gmm2d", "gmm-digits"])
 def test_defaults_are_the_more_accurate_at_nfe_5_to_20(name_model):
     """The defaults, decided by measurement (default karras grid, paired x_T, DOP853 reference), median ratio of
-    errors over NFE 5-20 on gmm2d / gmm-digits (64 samples): singlestep / lower_order start 1.18 / 1.13 (ipndm,
-    variable coefficients, order 4) and 1.16 / 1.12 (deis); fixed / variable coefficients 0.41 / 0.52 (ipndm).
+    errors over NFE 5-20 on gmm2d / gmm-digits (64 samples): singlestep / lower_order start 1.18 / 1.16 (ipndm,
+    variable coefficients, order 4) and 1.16 / 1.06 (deis); fixed / variable coefficients 0.41 / 0.77 (ipndm; 12 of 16
+    budgets below 1 on gmm-digits). gmm-digits as refitted with its components grouped by digit class (on the former
+    16-component fit: 1.13, 1.12 and 0.52).
     (deis logrho / tab: 0.51 / 0.95, not asserted: tab stays the default as the paper's method.)"""
     assert get_solver("ipndm").options["start"] == get_solver("deis").options["start"] == "lower_order"
     assert get_solver("ipndm").options["coefficients"] == "fixed"
     for name, a, b in (("ipndm", {"coefficients": "variable", "start": "singlestep"}, {"coefficients": "variable"}),
                        ("deis", {"start": "singlestep"}, {})):
         ratios = _ratios(name_model, name, a, b)
-        assert float(np.median(ratios)) > 1.05 and sum(r > 1 for r in ratios) >= 12, (name, ratios)
+        assert float(np.median(ratios)) > 1.03 and sum(r > 1 for r in ratios) >= 12, (name, ratios)
     ratios = _ratios(name_model, "ipndm", {}, {"coefficients": "variable"})
-    assert float(np.median(ratios)) < 0.7 and sum(r < 1 for r in ratios) >= 14, ratios
+    assert float(np.median(ratios)) < 0.85 and sum(r < 1 for r in ratios) >= 12, ratios
 
 
 def test_singlestep_start_spends_the_budget_on_one_step_fewer():
