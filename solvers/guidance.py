@@ -45,7 +45,6 @@ class GuidedModel(Model):
         self.batched = bool(batched)
         self.labels = labels
         self.network_calls = 0
-        self._t = 0.0
         if kind == "cfg":
             if null_label is None and uncond_fn is None:
                 raise ValueError("a model without a null label cannot do classifier-free guidance: give null_label "
@@ -97,10 +96,6 @@ class GuidedModel(Model):
         super().reset()
         self.network_calls = 0
 
-    def raw(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        self._t = float(t)  # the classifier's output change needs the schedule's coefficients at t
-        return super().raw(x, t)
-
     # --- the guided network -----------------------------------------------------------------
     def _labels_for(self, x: torch.Tensor) -> torch.Tensor:
         if self._labels is None:
@@ -113,13 +108,14 @@ class GuidedModel(Model):
             self._on_device = self._labels.to(x.device)
         return self._on_device
 
-    def _call(self, fn, shape, what: str, *args) -> torch.Tensor:
-        out = fn(*args)
+    def _call(self, fn, shape, what: str, x, t, *args) -> torch.Tensor:
+        out = fn(x, t, *args)
         self.network_calls += 1
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(shape):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            t0 = float(t[0])
             raise ModelOutputError(f"{what} output has shape {got}, expected {tuple(shape)} (evaluation "
-                                   f"{self.nfe + 1} at t={self._t:.6g})", self._t, self.nfe + 1)
+                                   f"{self.nfe + 1} at t={t0:.6g})", t0, self.nfe + 1)
         return out
 
     def _guided(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -141,7 +137,7 @@ class GuidedModel(Model):
 
     def _classifier(self, x, t, labels):
         out = self._call(self.net, x.shape, "network", x, t)
-        c = self.schedule.at(self._t)
+        c = self.schedule.at(float(t[0]))  # one time per evaluation (Model.raw)
         if c.alpha == 0.0:  # x_t carries no class information: the gradient is 0
             return out
         change = self.output_change(self.scale * _log_prob_grad(self, x, t, labels), c)

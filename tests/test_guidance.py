@@ -170,6 +170,8 @@ def test_classifier_gradient_under_no_grad():
     ref = guided("batched", sched, "eps", scale=2.0, labels=LABELS)
     with torch.no_grad():
         torch.testing.assert_close(model.eps(_x(), 0.5), ref.eps(_x(), 0.5), rtol=1e-12, atol=1e-12)
+    for t in (0.7, 0.2):  # model.fn(x, t), as callers that bypass Model.raw use it, takes its time from t
+        assert torch.equal(model.fn(_x(), torch.full((5,), t, dtype=F64)), model.raw(_x(), t))
 
 
 # --- counting ---------------------------------------------------------------------------------
