@@ -24,8 +24,9 @@ GUIDANCE_KINDS = ("cfg", "classifier")
 class GuidedModel(Model):
     """A Model evaluating a guided network. Build it with `cfg` or `classifier_guidance`.
 
-    scale w >= 0 (w = 1 the conditional model, w = 0 the unconditional one); `labels` a (B,) int64 tensor of labels in
-    0..classes-1, settable between samplings and checked against x's batch at each evaluation.
+    kind: "cfg" or "classifier"; scale w >= 0 (w = 1 the conditional model, w = 0 the unconditional one), settable;
+    classes: labels are 0..classes-1; `labels` a (B,) int64 tensor of them, settable between samplings and checked
+    against x's batch at each evaluation; network_calls: calls of the user's callables (zeroed by reset with nfe).
     """
 
     def __init__(self, kind: str, fn, schedule: Schedule, prediction: str = "eps", *, scale: float, classes: int,

@@ -69,8 +69,6 @@ def check_cap(solver: str, needed: int, max_nfe: int, t: float) -> None:
 def check_thresholding(options: dict) -> None:
     """The thresholding options of the data-prediction solvers (solvers.thresholding): `thresholding` one of
     none/static/dynamic, `threshold_ratio` in (0, 1], `threshold_max` > 0."""
-    from .thresholding import THRESHOLDINGS
-
     if options["thresholding"] not in THRESHOLDINGS:
         raise ValueError(f"thresholding must be one of {', '.join(THRESHOLDINGS)}, got {options['thresholding']!r}")
     ratio = options["threshold_ratio"]

@@ -112,7 +112,7 @@ def test_combination_in_any_form_equals_eps_form(prediction, schedule):
         def eps_of(x, labels):
             return torch.where((labels == CLASSES)[:, None], 0.3 * torch.cos(x), torch.sin(x) + labels[:, None])
 
-        def fn(x, tb, labels):  # the prediction's form of an arbitrary eps
+        def fn(x, tb, labels, c=c):  # the prediction's form of an arbitrary eps
             eps = eps_of(x, labels)
             return _form(prediction, (x - c.sigma * eps) / c.alpha, eps, c)
 
