@@ -18,12 +18,14 @@ from .options import (
     DEFAULT_MAX_NFE,
     check_cap,
     check_positive,
+    check_thresholding,
     non_negative,
     positive,
     positive_int,
 )
 from .registry import solver
 from .schedules import Coefficients
+from .thresholding import thresholded
 
 ADAPTIVE_DTYPES = (torch.float32, torch.float64)
 H_INIT_MIN = 1e-6  # smallest first step in lambda; smaller ones cannot move t in float64 near t_end
@@ -88,12 +90,14 @@ def third_update(model: Model, x, s, t, r1=1.0 / 3.0, r2=2.0 / 3.0, eps_s=None, 
 
 def _check_eta(opts):
     non_negative("eta", opts["eta"])
+    check_thresholding(opts)
 
 
 @solver("ddim", order=1, nfe_per_step=1, default_grid="logsnr", check=_check_eta,
         stochastic_if=lambda opts: opts["eta"] > 0, starts_at_alpha_zero=True, default_grids={"flow": "uniform"},
         description="DDIM; eta=0 deterministic, eta=1 DDPM ancestral")
-def ddim(model: Model, x, grid, *, generator=None, eta: float = 0.0):
+def ddim(model: Model, x, grid, *, generator=None, eta: float = 0.0, thresholding: str = "none",
+         threshold_ratio: float = 0.995, threshold_max: float = 1.0):
     """DDIM (Song et al. 2021, eq. 12). eta=0: deterministic, order 1; eta=1: DDPM ancestral. 1 NFE/step.
 
     Written in x0, alpha, sigma: x_t = alpha_t x0 + sqrt(sigma_t^2 - c^2) eps + c z with eps = (x_s - alpha_s x0) /
@@ -102,10 +106,12 @@ def ddim(model: Model, x, grid, *, generator=None, eta: float = 0.0):
     for VE). For eta > 1, c is capped at sigma_t. Starts where alpha_s = 0 (FlowSchedule's t = 1: eps = x_s / sigma_s,
     h = inf). The noise c z is the Brownian increment over the step, z = increment_normal(x, s, t) (c = g sqrt(|dt|)
     to leading order): with solvers.brownian_paths, eta = 1 follows the reverse SDE on each sample's path.
+    thresholding, threshold_ratio, threshold_max: x0 thresholding (solvers.thresholding).
     """
+    x0_fn = thresholded(model, thresholding, threshold_ratio, threshold_max)
     c = [model.schedule.at(t) for t in grid.tolist()]
     for s, t in zip(c[:-1], c[1:]):
-        x0 = model.x0(x, s.t)
+        x0 = x0_fn(x, s.t)
         if eta == 0:
             x = data_step(x, s, t, x0)
             continue

@@ -132,6 +132,21 @@ class Model:
             return torch.add(c.d_sigma * x, out, alpha=-s).div_(c.d_sigma * a - c.d_alpha * s)
         return (a * x - s * out) / (a * a + s * s)
 
+    def output_change(self, delta_score: torch.Tensor, c) -> torch.Tensor | None:
+        """The change of this model's output, at fixed x and time (coefficients `c`), for a change `delta_score` of the
+        score; None where alpha = 0, where a score change from x_t's class information (classifier guidance) is 0.
+
+        At fixed x every form is affine in eps, d eps = -sigma d score, so d score = g gives
+          eps: -sigma g,   x0: sigma^2 / alpha g,   v: -(alpha^2 + sigma^2) sigma / alpha g,   flow: -D sigma / alpha g,
+        with D = sigma' alpha - alpha' sigma (the inverses in `eps`).
+        """
+        a, s = c.alpha, c.sigma
+        if a == 0.0:
+            return None
+        k = {"score": 1.0, "eps": -s, "x0": s * s / a, "v": -(a * a + s * s) * s / a,
+             "flow": -(c.d_sigma * a - c.d_alpha * s) * s / a}[self.prediction]
+        return delta_score * k
+
     def score(self, x: torch.Tensor, t: float) -> torch.Tensor:
         if self.prediction == "score":
             return self.raw(x, t)

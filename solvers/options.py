@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from .thresholding import THRESHOLDINGS
+
 DEFAULT_MAX_NFE = 10_000  # evaluation cap of the adaptive solvers (float64 at rtol=atol=1e-8 needs ~3k on a 2-D mixture)
 
 
@@ -62,3 +64,14 @@ def check_cap(solver: str, needed: int, max_nfe: int, t: float) -> None:
     if needed > max_nfe:
         raise EvaluationCapError(f"{solver} reached its evaluation cap max_nfe={max_nfe} at t={t:.6g} before the end "
                                  "of the interval; loosen rtol/atol or raise max_nfe")
+
+
+def check_thresholding(options: dict) -> None:
+    """The thresholding options of the data-prediction solvers (solvers.thresholding): `thresholding` one of
+    none/static/dynamic, `threshold_ratio` in (0, 1], `threshold_max` > 0."""
+    if options["thresholding"] not in THRESHOLDINGS:
+        raise ValueError(f"thresholding must be one of {', '.join(THRESHOLDINGS)}, got {options['thresholding']!r}")
+    ratio = options["threshold_ratio"]
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        raise ValueError(f"threshold_ratio must be a number in (0, 1], got {ratio!r}")
+    positive("threshold_max", options["threshold_max"])

@@ -17,10 +17,11 @@ from .exponential import PHI, History, step_order
 from .grids import make_grid
 from .model import Model
 from .noise import increment_normal, randn_like
-from .options import non_negative, positive_int
+from .options import check_thresholding, non_negative, positive_int
 from .registry import get_solver, list_solvers, solver
 from .schedules import Coefficients
 from .sde import forward_step
+from .thresholding import thresholded
 
 SOLVER_TYPES = ("midpoint", "heun")
 RESTART_S = (0.1, 1.0)  # default restart interval in sigma/alpha (gmm2d-scale data: modes 0.25 wide, 2 apart)
@@ -57,6 +58,7 @@ def sde_data_step(x, s: Coefficients, t: Coefficients, x0, derivatives=(), eta: 
 
 def _check_eta(opts):
     non_negative("eta", opts["eta"])
+    check_thresholding(opts)
 
 
 def _check_2m_sde(opts):
@@ -69,19 +71,22 @@ def _check_2m_sde(opts):
         check=_check_2m_sde, starts_at_alpha_zero=True,
         description="DPM-Solver++(2M) SDE, data prediction, eta-family")
 def dpmpp_2m_sde(model: Model, x, grid, *, generator=None, eta: float = 1.0, solver_type: str = "midpoint",
-                 lower_order_final: bool = True):
+                 lower_order_final: bool = True, thresholding: str = "none", threshold_ratio: float = 0.995,
+                 threshold_max: float = 1.0):
     """DPM-Solver++(2M) SDE (Lu et al. 2022b; k-diffusion's sample_dpmpp_2m_sde). Weak order 2 (measured on
     gmm2d, eta = 1), strong order 1 declared (additive noise; not measured yet); 1 NFE per step.
 
     x0' is the backward difference of the last two data predictions; solver_type "midpoint" puts x0 + (h/2) x0' in
     the x0 term (eta = 0: dpmpp_2m exactly), "heun" adds the exact Taylor term h H phi_2(-H) x0'. The first step, and
-    with lower_order_final the last one below 10 steps, are first order (as dpmpp_2m).
+    with lower_order_final the last one below 10 steps, are first order (as dpmpp_2m). thresholding, threshold_ratio,
+    threshold_max: x0 thresholding (solvers.thresholding).
     """
+    x0_fn = thresholded(model, thresholding, threshold_ratio, threshold_max)
     c = _coefficients(model, grid)
     steps, hist = len(c) - 1, History(2)
     for i in range(steps):
         s, t = c[i], c[i + 1]
-        hist.push(s.lam, model.x0(x, s.t))
+        hist.push(s.lam, x0_fn(x, s.t))
         if step_order(2, i, steps, len(hist), lower_order_final) == 1:
             x = sde_data_step(x, s, t, hist.newest(), (), eta, generator)
         elif solver_type == "midpoint":
@@ -95,18 +100,21 @@ def dpmpp_2m_sde(model: Model, x, grid, *, generator=None, eta: float = 1.0, sol
 @solver("dpmpp_3m_sde", kind="sde", weak_order=2, strong_order=1, nfe_per_step=1, default_grid="logsnr",
         check=_check_eta, starts_at_alpha_zero=True,
         description="DPM-Solver++(3M) SDE, data prediction, halved x0'' term (k-diffusion)")
-def dpmpp_3m_sde(model: Model, x, grid, *, generator=None, eta: float = 1.0, lower_order_final: bool = True):
+def dpmpp_3m_sde(model: Model, x, grid, *, generator=None, eta: float = 1.0, lower_order_final: bool = True,
+                 thresholding: str = "none", threshold_ratio: float = 0.995, threshold_max: float = 1.0):
     """DPM-Solver++(3M) SDE (k-diffusion's sample_dpmpp_3m_sde). Weak order 2 (its halved x0''
     term: order 2 as dpmpp_3m(curvature="half")), strong order 1 declared; 1 NFE per step.
 
     x0' and x0'' of the parabola through the last three data predictions; the x0'' term is halved, as k-diffusion
     writes it: eta = 0 is dpmpp_3m(curvature="half") exactly. Warms up with 1st- and 2nd-order (heun-type) steps.
+    thresholding, threshold_ratio, threshold_max: x0 thresholding (solvers.thresholding).
     """
+    x0_fn = thresholded(model, thresholding, threshold_ratio, threshold_max)
     c = _coefficients(model, grid)
     steps, hist = len(c) - 1, History(3)
     for i in range(steps):
         s, t = c[i], c[i + 1]
-        hist.push(s.lam, model.x0(x, s.t))
+        hist.push(s.lam, x0_fn(x, s.t))
         o = step_order(3, i, steps, len(hist), lower_order_final)
         if o == 2:  # dpmpp_3m's 2nd-order step: x0 extrapolated to the lambda-midpoint
             (l0, l1), (m0, m1) = hist.lams[-2:], hist.values[-2:]

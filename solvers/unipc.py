@@ -18,7 +18,9 @@ import torch
 
 from .exponential import PHI, History, data_step, phi_1, step_order
 from .model import Model
+from .options import check_thresholding
 from .registry import solver
+from .thresholding import thresholded
 
 VARIANTS = ("bh1", "bh2")
 STARTS = ("lower_order", "singlestep")
@@ -54,7 +56,7 @@ def _update(x, s, t, m0, points, variant: str):
     return data_step(x, s, t, x0)
 
 
-def _midpoint_step(model: Model, x, s, t, m0, variant: str):
+def _midpoint_step(model: Model, x, s, t, m0, variant: str, x0_fn):
     """The singlestep start: UniP-2 with x0 at the lambda-midpoint (after a DDIM step there); for bh2 DPM-Solver++(2S).
 
     Returns x_t, its points for UniC and the midpoint's (lambda, x0). From lambda = -inf, where a lambda-midpoint
@@ -64,7 +66,7 @@ def _midpoint_step(model: Model, x, s, t, m0, variant: str):
         mid = sched.at(float(sched.t_of_lambda(torch.tensor(0.5 * (s.lam + t.lam), dtype=torch.float64))))
     else:
         mid = sched.at(0.5 * (s.t + t.t))
-    m_mid = model.x0(data_step(x, s, mid, m0), mid.t)
+    m_mid = x0_fn(data_step(x, s, mid, m0), mid.t)
     if not math.isfinite(s.lam):
         return data_step(x, s, t, m_mid), [], (mid.lam, m_mid)
     points = [(mid.lam, m_mid)]
@@ -72,6 +74,7 @@ def _midpoint_step(model: Model, x, s, t, m0, variant: str):
 
 
 def _check(opts):
+    check_thresholding(opts)
     if opts["variant"] not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {opts['variant']!r}")
     if opts["order"] not in ORDERS:
@@ -95,7 +98,8 @@ def _order(options: dict) -> int:
 @solver("unipc", order=_order, steps_for_nfe=_steps, default_grid="logsnr", check=_check, starts_at_alpha_zero=True,
         valid_nfe="any positive integer", description="UniPC: UniP predictor + UniC corrector, data prediction")
 def unipc(model: Model, x, grid, *, nfe, variant: str = "bh2", order: int = 2, corrector: bool = True,
-          lower_order_final: bool = True, start: str = "lower_order"):
+          lower_order_final: bool = True, start: str = "lower_order", thresholding: str = "none",
+          threshold_ratio: float = 0.995, threshold_max: float = 1.0):
     """UniPC-p (Zhao et al. 2023, Algorithms 2-3, B(h) variants); order p, p + 1 with UniC; 1 NFE per step.
 
     order 2 by default (diffusers' default too): UniPC-3 (order 4) is no more accurate at NFE 5-20 on gmm2d and
@@ -103,19 +107,21 @@ def unipc(model: Model, x, grid, *, nfe, variant: str = "bh2", order: int = 2, c
     start (order 3 only): "lower_order" (the more accurate at NFE 5-20): UniP-1, UniP-2, then UniP-3 steps;
     "singlestep": the first step is a UniP-2 step through an evaluation at its lambda-midpoint, which joins the
     history (DPM-Solver++(2S) for bh2), so that the second step is already UniP-3; one step fewer: K = nfe - 1.
+    thresholding, threshold_ratio, threshold_max: x0 thresholding (solvers.thresholding).
     """
+    x0_fn = thresholded(model, thresholding, threshold_ratio, threshold_max)
     c = [model.schedule.at(t) for t in grid.tolist()]
     steps, hist = len(c) - 1, History(order)
     last = None  # the last step's (x_s, s, t, m_s, points): what UniC corrects with the next evaluation
     for i in range(steps):
         s, t = c[i], c[i + 1]
-        m = model.x0(x, s.t)
+        m = x0_fn(x, s.t)
         if corrector and last is not None and math.isfinite(last[1].lam):  # none from lambda = -inf (h = inf)
             x_s, s0, t0, m0, points = last
             x = _update(x_s, s0, t0, m0, points + [(s.lam, m)], variant)
         hist.push(s.lam, m)
         if i == 0 and nfe >= 2 and _singlestep({"start": start, "order": order}):
-            x_t, points, mid = _midpoint_step(model, x, s, t, m, variant)
+            x_t, points, mid = _midpoint_step(model, x, s, t, m, variant, x0_fn)
             hist.push(*mid)
         else:
             p = step_order(order, i, steps, len(hist), lower_order_final)
