@@ -4,7 +4,7 @@ eps = eps_u + w (eps_c - eps_u), combined here in a plain `solvers.Model` (w = 0
 n samples with intended labels 0..9 cycling, VP, one solver at one NFE, the same x_T for every w. Accuracy is the
 digits classifier's (reference_models.features.label_accuracy) with its 95% Wilson interval.
 
-    python benchmarks/digits_guidance.py [--weights 0,1,2,4] [--n 500] [--solver dpmpp_2m] [--nfe 50] [--seed 0]
+    python -m benchmarks.digits_guidance [--weights 0,1,2,4] [--n 500] [--solver dpmpp_2m] [--nfe 50] [--seed 0]
 """
 from __future__ import annotations
 
