@@ -2,8 +2,9 @@
 
 It sees x_t = alpha(t) x0 + sigma(t) eps scaled to unit variance (c_in of `nets.Denoiser`) and is conditioned on the
 same noise level n = -lambda(t); trained with cross-entropy at times drawn as the denoisers' (`train.sample_times`:
-uniform in lambda), on the digits' train split with random 1-pixel shifts. Cached like the models (safetensors,
-config in the header). The loaded classifier is not under inference_mode: guidance differentiates it w.r.t. x.
+uniform in lambda), on the digits' train split. No random shifts: the held-out digits are centred like the train ones,
+and shift invariance costs accuracy at mid noise (t = 0.5: 21% with shifts, 27% without). Cached like the models
+(safetensors, config in the header). The loaded classifier is not under inference_mode: guidance differentiates it w.r.t. x.
 """
 from __future__ import annotations
 
@@ -108,7 +109,6 @@ def noisy_accuracy(clf: NoisyClassifier, x0: torch.Tensor, y: torch.Tensor, t: f
 def train_noisy_classifier(schedule: str = "vp", cache_dir=None, steps: int | None = None, seed: int | None = None,
                            progress: bool = True, out_path=None) -> pathlib.Path:
     """Train the noisy classifier (AdamW, warm-up + cosine, EMA, one CPU thread) and cache it with its accuracies."""
-    from .features import _shift
     from .train import sample_times
 
     steps = TRAIN["steps"] if steps is None else int(steps)
@@ -131,7 +131,7 @@ def train_noisy_classifier(schedule: str = "vp", cache_dir=None, steps: int | No
             for group in opt.param_groups:
                 group["lr"] = TRAIN["lr"] * min(1.0, (k + 1) / warm) * 0.5 * (1 + math.cos(math.pi * k / steps))
             idx = torch.randint(0, len(x), (TRAIN["batch_size"],), generator=gen)
-            x0 = _shift(x[idx], gen)
+            x0 = x[idx]
             t = sample_times(clf, len(x0), gen)
             loss = nn.functional.cross_entropy(clf(noisy(clf, x0, t, gen), t), y[idx])
             opt.zero_grad(set_to_none=True)
