@@ -280,7 +280,8 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
 
 def label_accuracy(x: torch.Tensor, labels: torch.Tensor, cache_dir=None, device="cpu") -> tuple[float, float, float]:
     """(accuracy, lo, hi): the fraction of digits `x` (B, 1, 8, 8) in [-1, 1] that the digits classifier assigns to
-    their intended `labels` (B,) (samples clamped to [-1, 1]), with its 95% Wilson interval. Trains the classifier first if it is not cached."""
+    their intended `labels` (B,) (samples clamped to [-1, 1]), with its 95% Wilson interval. Trains the classifier
+    first if it is not cached."""
     if x.ndim != 4 or tuple(x.shape[1:]) != digits.SHAPE or labels.shape != (len(x),):
         raise ValueError(f"label_accuracy takes digits (B, 1, 8, 8) and labels (B,), got {tuple(x.shape)} and "
                          f"{tuple(labels.shape)}")

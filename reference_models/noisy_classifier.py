@@ -4,7 +4,8 @@ It sees x_t = alpha(t) x0 + sigma(t) eps scaled to unit variance (c_in of `nets.
 same noise level n = -lambda(t); trained with cross-entropy at times drawn as the denoisers' (`train.sample_times`:
 uniform in lambda), on the digits' train split. No random shifts: the held-out digits are centred like the train ones,
 and shift invariance costs accuracy at mid noise (t = 0.5: 21% with shifts, 27% without). Cached like the models
-(safetensors, config in the header). The loaded classifier is not under inference_mode: guidance differentiates it w.r.t. x.
+(safetensors, config in the header). The loaded classifier is not under inference_mode: guidance differentiates
+it w.r.t. x.
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ lambda on [lambda(T), lambda(t_end)], the variable the solvers step in (DPM-Solv
 every noise level a sampler visits is trained equally; on FlowSchedule (lambda(T) = -inf) uniformly in t on
 [0, 1), the flow-matching recipe (Liu et al. 2022, Lipman et al. 2023). Runs are deterministic on CPU for a seed.
 A class-conditional spec (`classes` > 0) draws (images, labels) and replaces a `label_dropout` fraction of the labels
-by the null label `classes`, so that one network gives both predictions of classifier-free guidance (Ho & Salimans 2022).
+by the null label `classes`, so that one network gives both predictions of classifier-free guidance (Ho & Salimans
+2022).
 """
 from __future__ import annotations
 
