@@ -266,3 +266,28 @@ def register_with_torch_fidelity(dataset: str = "digits") -> str:
 
     register_feature_extractor(spec.extractor, ClassifierFeatureExtractor)
     return spec.extractor
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion k / n (95% for the default z); (0, 1) when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def label_accuracy(x: torch.Tensor, labels: torch.Tensor, cache_dir=None, device="cpu") -> tuple[float, float, float]:
+    """(accuracy, lo, hi): the fraction of digits `x` (B, 1, 8, 8) in [-1, 1] that the digits classifier assigns to
+    their intended `labels` (B,) (samples clamped to [-1, 1]), with its 95% Wilson interval. Trains the classifier
+    first if it is not cached."""
+    if x.ndim != 4 or tuple(x.shape[1:]) != digits.SHAPE or labels.shape != (len(x),):
+        raise ValueError(f"label_accuracy takes digits (B, 1, 8, 8) and labels (B,), got {tuple(x.shape)} and "
+                         f"{tuple(labels.shape)}")
+    net, _ = load_classifier(cache_dir, progress=False)
+    net = net.to(device)
+    with torch.no_grad():
+        pred = net(x.detach().to(device=device, dtype=torch.float32).clamp(-1, 1)).argmax(1).cpu()
+    k = int((pred == labels.detach().cpu()).sum())
+    return (k / len(x) if len(x) else float("nan"), *wilson_interval(k, len(x)))

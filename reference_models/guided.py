@@ -45,7 +45,7 @@ def guided_reference(ref, scale: float, kind: str = "cfg", *, cache_dir=None, de
         if mix is not None:
             clf = mix.classifier_fn(sched)
         else:
-            from .conditional import load_noisy_classifier
+            from .noisy_classifier import load_noisy_classifier
 
             allowed = CONDITIONAL_MODELS.get(ref.name, {}).get("classifier")
             if allowed is not None and sched.kind not in allowed:

@@ -9,6 +9,8 @@ flow = alpha' x0 + sigma' eps -> sqrt(alpha'^2 sigma_data^2 + sigma'^2) (a const
 Training minimises E || r - target / c_out ||^2, i.e. the target's MSE weighted by 1 / c_out^2:
 the plain eps / x0 / v losses on VP with sigma_data = 1, the flow-matching loss on FlowSchedule.
 The noise level n = -lambda is clamped to [-N_MAX, N_MAX], finite at FlowSchedule's t = 1 (lambda = -inf) and t = 0.
+A class-conditional U-Net (`num_class_embeds` in its architecture) also takes labels (B,) int64; without labels
+every network is called exactly as an unconditional one.
 """
 from __future__ import annotations
 
@@ -74,8 +76,10 @@ class UNet(nn.Module):
 
         self.unet = UNet2DModel(**config)
 
-    def forward(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, 62.5 * (n + 8.0)).sample
+    def forward(self, x: torch.Tensor, n: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            return self.unet(x, 62.5 * (n + 8.0)).sample
+        return self.unet(x, 62.5 * (n + 8.0), class_labels=labels).sample
 
 
 def build_net(arch: dict) -> nn.Module:
@@ -111,16 +115,19 @@ class Denoiser(nn.Module):
                      "v": torch.sqrt(a**2 + s**2 * sd2)}[self.prediction]
         return a, s, c_in, c_out, self.schedule.lambda_(t64).neg().clamp(-N_MAX, N_MAX)
 
-    def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network's unscaled output r (the training loss is on r)."""
+    def raw(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's unscaled output r (the training loss is on r); `labels` (B,) for a conditional network."""
         _, _, c_in, _, n = self.coefficients(t)
         p = next(self.net.parameters())
         xin = x.to(p.dtype) * _bcast(c_in, x).to(device=x.device, dtype=p.dtype)
-        return self.net(xin, n.to(device=x.device, dtype=p.dtype))
+        n = n.to(device=x.device, dtype=p.dtype)
+        if labels is None:
+            return self.net(xin, n)
+        return self.net(xin, n, labels.to(x.device))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         _, _, _, c_out, _ = self.coefficients(t)
-        out = self.raw(x, t).to(_F64) * _bcast(c_out, x).to(x.device)
+        out = self.raw(x, t, labels).to(_F64) * _bcast(c_out, x).to(x.device)
         return out.to(x.dtype)
 
     def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

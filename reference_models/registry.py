@@ -116,12 +116,14 @@ MODELS: dict[str, Entry] = {
                         f"({digits.GMM_PER_CLASS} per digit class), exact score"),
     **{f"toy2d-{k}": Entry("trained", "2d", (2,), f"MLP trained on the 2-D {k} set") for k in toy2d.SAMPLERS},
     "digits": Entry("trained", "image", digits.SHAPE, "small U-Net trained on the 8x8 digits"),
+    "digits-cond": Entry("trained", "image", digits.SHAPE,
+                         "class-conditional U-Net on the 8x8 digits (label 10 = unconditional), for guidance"),
     "cifar10": Entry("trained", "image", (3, 32, 32), "DDPM U-Net on CIFAR-10 (downloads data; GPU job)"),
     "mnist": Entry("trained", "image", (1, 28, 28), "U-Net on MNIST (downloads data; GPU job)"),
 }
 
 # Noise floor's second real sample where it is not a fresh draw of `data`: the digits' training split.
-_TRAIN_DATA = {"gmm-digits": digits.train_draw, "digits": digits.train_draw}
+_TRAIN_DATA = {"gmm-digits": digits.train_draw, "digits": digits.train_draw, "digits-cond": digits.train_draw}
 
 # What `python -m bench run` sweeps by default: the exact models and the small trained ones, on VP; and the models
 # of DEFAULT_FLOW_MODELS on the flow schedule too (the exact 8-mode mixture and the MLP trained on its data).
@@ -155,7 +157,7 @@ def _image_test_split(name: str) -> torch.Tensor:
 def _trained_data(name: str) -> Callable:
     if name.startswith("toy2d-"):
         return toy2d.SAMPLERS[name.removeprefix("toy2d-")]
-    if name == "digits":
+    if name in ("digits", "digits-cond"):
         return digits.held_out
     return lambda n, generator=None: digits.draw(_image_test_split(name), n, generator)
 
@@ -181,8 +183,10 @@ def load(name: str, schedule: str = "vp", prediction: str = "eps", cache_dir=Non
         return ReferenceModel(name, mixture.model(sched, prediction), mixture.shape, "exact", entry.metric, data,
                               mixture, train_data=_TRAIN_DATA.get(name), fingerprint=mixture_fingerprint(mixture, sched),
                               source=name, classes=mixture.num_classes)
-    from .train import load_trained
+    from .train import get_spec, load_trained
 
+    if get_spec(name).classes:
+        return _load_conditional_record(name, entry, schedule, prediction, cache_dir, device, train, progress)
     den, config = load_trained(name, schedule, prediction, cache_dir=cache_dir, device=device,
                                train_missing=train, progress=progress)
 
@@ -193,6 +197,23 @@ def load(name: str, schedule: str = "vp", prediction: str = "eps", cache_dir=Non
     return ReferenceModel(name, Model(fn, den.schedule, prediction), entry.shape, "trained", entry.metric,
                           _trained_data(name), None, config, train_data=_TRAIN_DATA.get(name),
                           fingerprint=trained_fingerprint(config, den), source=name)
+
+
+def _load_conditional_record(name, entry, schedule, prediction, cache_dir, device, train, progress) -> ReferenceModel:
+    """A class-conditional model's record: `model` is its unconditional prediction (the null label), `conditional`
+    the fn(x, t, labels) that guidance combines."""
+    from .conditional import load_conditional
+
+    cond, null, classes, config = load_conditional(name, schedule, prediction, cache_dir=cache_dir, device=device,
+                                                   train=train, progress=progress)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return cond(x, t, torch.full((len(x),), null, dtype=torch.int64))
+
+    return ReferenceModel(name, Model(fn, cond.denoiser.schedule, prediction), entry.shape, "trained", entry.metric,
+                          _trained_data(name), None, config, train_data=_TRAIN_DATA.get(name),
+                          fingerprint=trained_fingerprint(config, cond.denoiser), source=name, classes=classes,
+                          conditional=cond, null_label=null)
 
 
 def canonical_json(obj) -> bytes:

@@ -5,6 +5,9 @@ Ho 2022, Lipman et al. 2023) in the scaled form of `nets.Denoiser`. Times are dr
 lambda on [lambda(T), lambda(t_end)], the variable the solvers step in (DPM-Solver, Lu et al. 2022), so
 every noise level a sampler visits is trained equally; on FlowSchedule (lambda(T) = -inf) uniformly in t on
 [0, 1), the flow-matching recipe (Liu et al. 2022, Lipman et al. 2023). Runs are deterministic on CPU for a seed.
+A class-conditional spec (`classes` > 0) draws (images, labels) and replaces a `label_dropout` fraction of the labels
+by the null label `classes`, so that one network gives both predictions of classifier-free guidance (Ho & Salimans
+2022).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from . import cache, checkpoints, datasets, digits, toy2d
 from .nets import TARGETS, Denoiser, build_net
 from .threads import torch_threads
 
-Batcher = Callable[[int, torch.Generator], torch.Tensor]  # (n, generator) -> n training points
+Batcher = Callable[[int, torch.Generator], torch.Tensor]  # (n, generator) -> n training points (and labels)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,24 @@ class TrainSpec:
     make_batcher: Callable[[str | None], Batcher] = field(repr=False)  # data_root -> batch drawer
     description: str = ""
     warmup: int = 100
+    classes: int = 0  # > 0: class-conditional; the batcher returns (x, labels) and label `classes` is the null label
+    label_dropout: float = 0.0  # fraction of training labels replaced by the null label
+
+
+def _labelled_batcher(pool: torch.Tensor, labels: torch.Tensor) -> Batcher:
+    """Draw (images, labels) with replacement from in-memory tensors."""
+
+    def draw(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, len(pool), (n,), generator=generator)
+        return pool[idx].float(), labels[idx]
+
+    return draw
+
+
+def drop_labels(labels: torch.Tensor, p: float, null_label: int, generator: torch.Generator) -> torch.Tensor:
+    """`labels` with each one replaced by `null_label` with probability p (classifier-free guidance's dropout)."""
+    drop = torch.rand(labels.shape, generator=generator) < p
+    return torch.where(drop.to(labels.device), torch.full_like(labels, null_label), labels)
 
 
 def _pool_batcher(pool: torch.Tensor, flip: bool = False) -> Batcher:
@@ -65,6 +86,8 @@ _DIGITS_ARCH = {"type": "unet2d", "sample_size": 8, "in_channels": 1, "out_chann
                 "block_out_channels": [32, 64], "layers_per_block": 1, "norm_num_groups": 8,
                 "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
                 "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+DIGIT_CLASSES = 10  # labels 0..9; label 10 is the null (unconditional) label
+_DIGITS_COND_ARCH = {**_DIGITS_ARCH, "num_class_embeds": DIGIT_CLASSES + 1}
 # DDPM's CIFAR-10 network (Ho et al. 2020, 35.7M parameters), as in google/ddpm-cifar10-32.
 _CIFAR_ARCH = {"type": "unet2d", "sample_size": 32, "in_channels": 3, "out_channels": 3,
                "block_out_channels": [128, 256, 256, 256], "layers_per_block": 2,
@@ -89,6 +112,10 @@ SPECS: dict[str, TrainSpec] = {s.name: s for s in [
     TrainSpec("digits", digits.SHAPE, _DIGITS_ARCH, sigma_data=0.5, steps=1200, batch_size=64, lr=2e-3,
               ema_decay=0.995, make_batcher=lambda root: _pool_batcher(digits.train_split()[0]),
               description="small U-Net on scikit-learn's 8x8 digits (train split)"),
+    TrainSpec("digits-cond", digits.SHAPE, _DIGITS_COND_ARCH, sigma_data=0.5, steps=2000, batch_size=64,
+              lr=2e-3, ema_decay=0.995, make_batcher=lambda root: _labelled_batcher(*digits.train_split()),
+              classes=DIGIT_CLASSES, label_dropout=0.1,
+              description="class-conditional U-Net on the 8x8 digits (label 10: unconditional; 10% label dropout)"),
     TrainSpec("cifar10", (3, 32, 32), _CIFAR_ARCH, sigma_data=0.5, steps=800_000, batch_size=128, lr=2e-4,
               ema_decay=0.9999, warmup=5000,
               make_batcher=lambda root: _pool_batcher(datasets.cifar10(root, train=True), flip=True),
@@ -108,8 +135,11 @@ def get_spec(name: str) -> TrainSpec:
 
 def expected_config(spec: TrainSpec, schedule: str, prediction: str) -> dict:
     """The config entries a checkpoint must carry to be used for this request."""
-    return {"name": spec.name, "schedule": schedule, "prediction": prediction, "architecture": spec.arch,
-            "sigma_data": spec.sigma_data, "shape": list(spec.shape)}
+    config = {"name": spec.name, "schedule": schedule, "prediction": prediction, "architecture": spec.arch,
+              "sigma_data": spec.sigma_data, "shape": list(spec.shape)}
+    if spec.classes:  # only conditional specs carry these: unconditional configs (and fingerprints) stay as they were
+        config.update(classes=spec.classes, null_label=spec.classes, label_dropout=spec.label_dropout)
+    return config
 
 
 def build_denoiser(spec: TrainSpec, schedule: str, prediction: str, seed: int | None = None) -> Denoiser:
@@ -136,14 +166,16 @@ def sample_times(den: Denoiser, n: int, generator: torch.Generator) -> torch.Ten
     return s.t_of_lambda(lam_lo + u * (lam_hi - lam_lo)).clamp(s.default_t_end, s.T)
 
 
-def denoising_loss(den: Denoiser, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """E || r(alpha x0 + sigma eps, t) - target / c_out ||^2 over a batch, t from `sample_times`."""
+def denoising_loss(den: Denoiser, x0: torch.Tensor, generator: torch.Generator,
+                   labels: torch.Tensor | None = None) -> torch.Tensor:
+    """E || r(alpha x0 + sigma eps, t) - target / c_out ||^2 over a batch, t from `sample_times`; `labels` (B,) for a
+    conditional network."""
     t = sample_times(den, len(x0), generator)
     eps = randn(tuple(x0.shape), generator=generator).to(x0.device)
     shape = (-1,) + (1,) * (x0.ndim - 1)
     a, s = (c.reshape(shape).to(device=x0.device, dtype=x0.dtype) for c in (den.schedule.alpha(t), den.schedule.sigma(t)))
     xt = a * x0 + s * eps
-    return torch.mean((den.raw(xt, t) - den.target(x0, eps, t)) ** 2)
+    return torch.mean((den.raw(xt, t, labels) - den.target(x0, eps, t)) ** 2)
 
 
 MAX_SEED = 2**63 - 1  # seeds are stored in Int64 columns and seed torch generators
@@ -228,7 +260,12 @@ def _train(spec, schedule, prediction, steps, seed, device, progress, batch_size
     for k in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(k)
-        loss = denoising_loss(den, draw(batch_size, gen).to(device), gen)
+        if spec.classes:
+            x0, labels = draw(batch_size, gen)
+            labels = drop_labels(labels, spec.label_dropout, spec.classes, gen).to(device)
+            loss = denoising_loss(den, x0.to(device), gen, labels)
+        else:
+            loss = denoising_loss(den, draw(batch_size, gen).to(device), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(den.net.parameters(), 1.0)
