@@ -8,7 +8,7 @@ from reference_models import checkpoints, features
 from reference_models import noisy_classifier as nc
 from reference_models import train as tr
 from reference_models.conditional import load_conditional
-from solvers import Model, sample
+from solvers import cfg, sample
 
 # The CI-sized model of the guidance test: fewer steps than the registered 2000 (see README), sampled at a small NFE.
 CI_STEPS, CI_SAMPLES, CI_NFE = 600, 200, 20
@@ -65,7 +65,7 @@ def test_conditional_fn_checks_labels_and_the_record_samples_unconditionally(tin
     torch.testing.assert_close(ref.model.fn(x, t), ref.conditional(x, t, torch.full((3,), 10)))
     uncond = ref.conditional(x, t, torch.full((3,), 10))
     assert not torch.allclose(ref.conditional(x, t, torch.tensor([0, 1, 2])), uncond)
-    assert rm.load("gmm2d").classes == 0 and rm.load("gmm2d").conditional is None
+    assert rm.load("gmm2d").classes == 8 and rm.load("gmm2d").conditional is None  # exact: its mixture gives both
 
 
 def test_noisy_classifier_loads_safely_and_returns_differentiable_logits(tmp_path):
@@ -98,15 +98,13 @@ def test_wilson_interval_and_label_accuracy_of_real_digits():
 
 
 def _cfg_accuracy(cond, null, w, n, nfe):
-    """Accuracy of n samples (labels 0..9 cycling, dpmpp_2m, seed 0) under eps_u + w (eps_c - eps_u)."""
+    """Accuracy of n samples (labels 0..9 cycling, dpmpp_2m, seed 0) under classifier-free guidance at w
+    (solvers.cfg: eps_u + w (eps_c - eps_u), one batched network call per evaluation)."""
     labels = torch.arange(n) % 10
-
-    def fn(x, t):
-        both = cond(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full((n,), null)]))
-        return both[n:] + w * (both[:n] - both[n:])
-
+    model = cfg(cond, cond.denoiser.schedule, "eps", scale=w, classes=10, null_label=null, labels=labels)
     x_T = torch.randn((n, 1, 8, 8), generator=torch.Generator().manual_seed(0))
-    x = sample(Model(fn, cond.denoiser.schedule, "eps"), x_T, solver="dpmpp_2m", nfe=nfe)
+    x = sample(model, x_T, solver="dpmpp_2m", nfe=nfe)
+    assert model.nfe == nfe and model.network_calls == nfe
     return features.label_accuracy(x, labels)
 
 

@@ -124,3 +124,12 @@ def test_a_solver_variant_is_validated_by_the_registry():
     assert spec.name == "dpmpp_2m" and options == {"thresholding": "dynamic", "threshold_ratio": 0.9}
     with pytest.raises(ValueError, match="unknown solver"):
         variant("nope:thresholding=dynamic")
+
+
+def test_the_guidable_models_are_the_class_conditional_ones():
+    from reference_models import list_models
+    from reference_models.guided import CONDITIONAL_MODELS
+
+    assert set(CONDITIONAL_MODELS) <= set(list_models())
+    assert load("gmm2d").classes == 8 and load("gmm-digits").classes == 10
+    assert load("gmm2d", "flow").classes == 8
