@@ -73,7 +73,7 @@ def _error_vs_scale(b: pd.DataFrame, title: str, path: Path) -> bool:
     ok = ok[pd.to_numeric(ok["error_rmse"], errors="coerce") > 0]
     if ok.empty or ok["w"].nunique() < 2:
         return False
-    budgets = sorted(ok["nfe"].astype(int).unique())
+    budgets, scales = sorted(ok["nfe"].astype(int).unique()), sorted(ok["w"].unique())
     if len(budgets) > MAX_PANELS:
         budgets = [budgets[int(round(i))] for i in np.linspace(0, len(budgets) - 1, MAX_PANELS)]
     fig, axes = plt.subplots(1, len(budgets), figsize=(3.6 * len(budgets) + 1.5, 3.4), squeeze=False, sharey=True)
@@ -82,7 +82,9 @@ def _error_vs_scale(b: pd.DataFrame, title: str, path: Path) -> bool:
         for solver, s in cell.groupby("solver", sort=False):
             err = np.exp(np.log(s["error_rmse"].astype(float)).groupby(s["w"]).mean())
             ax.plot(err.index, err.values, "o-", color=solver_colour(solver.split(":")[0]), label=solver, ms=4)
-        ax.set(xscale="symlog", yscale="log", xlabel="guidance scale w", title=f"NFE {nfe}")
+        ax.set_xscale("symlog", base=2, linthresh=1.0)  # w = 0 (unconditional) stays on the axis
+        ax.set_xticks(scales, [f"{w:g}" for w in scales])
+        ax.set(yscale="log", xlabel="guidance scale w", title=f"NFE {nfe}")
     axes[0][0].set_ylabel(LABELS["error_rmse"])
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(title, fontsize=10)
