@@ -18,7 +18,7 @@ from . import orders
 from .formatting import fmt
 from .plots import solver_colour
 from .render import Figure, Section, Table
-from .schema import LABELS
+from .schema import LABELS, quality
 from .sections import _declared_orders, first_hits, hit_nfe, quality_target
 
 matplotlib.use("Agg")
@@ -60,7 +60,7 @@ def guidance_section(rows: pd.DataFrame, metrics: dict, groups: pd.DataFrame, to
                                      "solver loses accuracy under strong guidance at that budget."))
         sec.blocks += _order_table(b, base, how, order_tol)
         sec.blocks += _target_table(b, base, how, metrics, groups, tolerance)
-        sec.blocks += _failure_table(b, base, how)
+        sec.blocks += _failure_table(b, base, how, metrics)
     return sec
 
 
@@ -138,36 +138,53 @@ def _target_table(b: pd.DataFrame, base: str, how: str, metrics: dict, groups: p
             Table(["solver"] + [f"w={w:g}" for w in scales], rows, "solver")]
 
 
-def _failure_table(b: pd.DataFrame, base: str, how: str) -> list:
-    """Per (scale, solver): failed or non-finite cells, or a path error that grows from the smallest to the largest
-    budget (intervals apart); with the outcome of the solver's thresholded variants where the run has them."""
+def _failure_table(b: pd.DataFrame, base: str, how: str, metrics: dict) -> list:
+    """Per (scale, solver): failed or non-finite cells, or a path error that rises from one budget to a larger one
+    (intervals apart); with the error of the solver's thresholded variants at that budget where the run has them."""
     found = []
     for (w, solver), s in b.groupby(["w", "solver"], sort=True):
         if THRESHOLDED in solver:
             continue
-        why = _failure(s)
-        if why:
-            variants = b[(b["w"] == w) & b["solver"].str.startswith(solver + THRESHOLDED)]
-            rescue = "; ".join(f"{v}: {_failure(vs) or 'no failure'}" for v, vs in variants.groupby("solver")) or \
-                "no thresholded variant in this run"
-            found.append([f"{w:g}", solver, (why, "bad"), rescue])
+        why, at = _failure(s)
+        if not why:
+            continue
+        variants = b[(b["w"] == w) & b["solver"].str.startswith(solver + THRESHOLDED)]
+        metric = metrics.get(s["group"].iloc[0])
+        rescue = []
+        for v, vs in variants.groupby("solver"):
+            own = _failure(vs)[0]
+            text = f"{v.split(THRESHOLDED)[1]}: " + (own or "no failure")
+            if at is not None and metric is not None:
+                mine, plain = (_at(x, at, metric) for x in (vs, s))
+                text += f"; {LABELS.get(metric, metric)} at NFE {at}: {fmt(mine)} (plain: {fmt(plain)})"
+            rescue.append(text)
+        found.append([f"{w:g}", solver, (why, "bad"), "; ".join(rescue) or "no thresholded variant in this run"])
     if not found:
-        return [f"{base} ({how}): no solver failed (no NaN, no error growing with NFE) at any scale of this run."]
+        return [f"{base} ({how}): no solver failed (no NaN, no error rising with NFE) at any scale of this run."]
     return [("h3", f"{base} ({how}): failures under guidance"),
-            Table(["w", "solver", "failure", "thresholded variant (solver:thresholding=...)"], found, "solver")]
+            Table(["w", "solver", "failure", "thresholded variants (solver:thresholding=...): failure, quality"],
+                  found, "solver")]
 
 
-def _failure(s: pd.DataFrame) -> str:
+def _at(cells: pd.DataFrame, nfe: int, metric: str) -> float:
+    c = cells[(cells["status"] == "ok") & (cells["nfe"].astype("Float64") == nfe)]
+    return float(quality(c, metric).mean()) if len(c) else math.nan
+
+
+def _failure(s: pd.DataFrame) -> tuple[str, int | None]:
+    """(what failed, the budget where it shows) of one solver's cells at one scale; ("", None) when nothing did."""
     bad = s[s["status"] == "failed"]
     if len(bad):
-        return f"{len(bad)} failed cell(s): {str(bad['message'].iloc[0])[:80]}"
+        nfe = bad["nfe"].dropna()
+        return (f"{len(bad)} failed cell(s): {str(bad['message'].iloc[0])[:80]}",
+                int(nfe.iloc[0]) if len(nfe) else None)
     ok = s[(s["status"] == "ok") & s["nfe"].notna()].sort_values("nfe")
-    err = pd.to_numeric(ok["error_rmse"], errors="coerce")
-    if len(ok) >= 2 and err.notna().all():
-        first, last = ok.iloc[0], ok.iloc[-1]
-        lo_last = pd.to_numeric(pd.Series([last.get("error_rmse_lo")]), errors="coerce").iloc[0]
-        hi_first = pd.to_numeric(pd.Series([first.get("error_rmse_hi")]), errors="coerce").iloc[0]
-        if math.isfinite(lo_last) and math.isfinite(hi_first) and lo_last > hi_first:
-            return (f"error grows with NFE: {fmt(float(first['error_rmse']))} at NFE {int(first['nfe'])} -> "
-                    f"{fmt(float(last['error_rmse']))} at NFE {int(last['nfe'])}")
-    return ""
+    num = {c: pd.to_numeric(ok[c], errors="coerce").to_numpy() for c in ("error_rmse", "error_rmse_lo", "error_rmse_hi")}
+    rises = [(num["error_rmse"][i + 1] / num["error_rmse"][i], i) for i in range(len(ok) - 1)
+             if num["error_rmse_lo"][i + 1] > num["error_rmse_hi"][i]]  # intervals apart (NaN compares false)
+    if not rises:
+        return "", None
+    _, i = max(rises)
+    a, b = ok.iloc[i], ok.iloc[i + 1]
+    return (f"error rises with NFE: {fmt(float(a['error_rmse']))} at NFE {int(a['nfe'])} -> "
+            f"{fmt(float(b['error_rmse']))} at NFE {int(b['nfe'])}", int(b["nfe"]))
