@@ -133,3 +133,18 @@ def test_the_guidable_models_are_the_class_conditional_ones():
     assert set(CONDITIONAL_MODELS) <= set(list_models())
     assert load("gmm2d").classes == 8 and load("gmm-digits").classes == 10
     assert load("gmm2d", "flow").classes == 8
+
+
+def test_a_failure_is_an_error_rising_between_budgets_beyond_the_intervals():
+    from bench.guidance_report import _failure
+
+    def cells(errs, half):
+        return pd.DataFrame({"status": "ok", "nfe": [5, 10, 20], "error_rmse": errs,
+                             "error_rmse_lo": [e * (1 - half) for e in errs],
+                             "error_rmse_hi": [e * (1 + half) for e in errs]})
+    why, at = _failure(cells([8.3, 66.0, 0.03], 0.1))
+    assert at == 10 and "8.3 at NFE 5 -> 66 at NFE 10" in why
+    assert _failure(cells([1.0, 1.05, 0.5], 0.1)) == ("", None)  # within the intervals: noise, not a failure
+    assert _failure(cells([1.0, 0.5, 0.2], 0.1)) == ("", None)
+    failed = pd.DataFrame({"status": ["ok", "failed"], "nfe": [5, 10], "message": ["", "FloatingPointError: NaN"]})
+    assert _failure(failed)[1] == 10
