@@ -40,6 +40,11 @@ SOURCES = {
 }
 
 
+def label(name: str, options: dict) -> str:
+    """A solver with its options, e.g. ddim(eta=1)."""
+    return name + (f"({', '.join(f'{k}={v:g}' for k, v in options.items())})" if options else "")
+
+
 def identity(x, t):
     return x
 
@@ -76,7 +81,7 @@ def measure(nfes=(10, 50), rounds: int = 15, sources=tuple(SOURCES)) -> list[dic
             d = times["det"]
             for s in sources:
                 ratios = [a / b for a, b in zip(times[s], d)]
-                rows.append({"pair": f"{sto}{'(eta=1)' if sto_opts else ''} / {det}", "nfe": nfe, "source": s,
+                rows.append({"pair": f"{label(sto, sto_opts)} / {label(det, det_opts)}", "nfe": nfe, "source": s,
                              "det_us": statistics.median(d) * 1e6, "sto_us": statistics.median(times[s]) * 1e6,
                              "ratio": statistics.median(ratios)})
     return rows
@@ -85,8 +90,8 @@ def measure(nfes=(10, 50), rounds: int = 15, sources=tuple(SOURCES)) -> list[dic
 def format_rows(rows: list[dict]) -> str:
     out = [f"identity model, batch {BATCH} x {'x'.join(map(str, SHAPE))} float32, {torch.get_num_threads()} thread(s); "
            "microseconds per evaluation (median over rounds)",
-           f"{'pair':28s} {'NFE':>4s} {'noise source':22s} {'det':>7s} {'stoch':>8s} {'ratio':>7s}"]
-    out += [f"{r['pair']:28s} {r['nfe']:4d} {r['source']:22s} {r['det_us']:7.0f} {r['sto_us']:8.0f} {r['ratio']:6.2f}x"
+           f"{'pair':30s} {'NFE':>4s} {'noise source':22s} {'det':>7s} {'stoch':>8s} {'ratio':>7s}"]
+    out += [f"{r['pair']:30s} {r['nfe']:4d} {r['source']:22s} {r['det_us']:7.0f} {r['sto_us']:8.0f} {r['ratio']:6.2f}x"
             for r in rows]
     return "\n".join(out)
 

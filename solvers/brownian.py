@@ -53,10 +53,14 @@ class SeededNoise:
 
     def _normal(self, node: int) -> torch.Tensor:
         """Z of `node` for every sample: (B, *shape) standard normals, a hash of (seed, node) (solvers.counter)."""
-        z = self._normals.draw(mix_int(node))
-        if z.shape[1] != self.size:  # an odd size: the last hash's sine is not used
-            z = z[:, :self.size]
-        return z.reshape(len(self.seeds), *self.shape).to(self.dtype)
+        return self._normals_of([node])[0]
+
+    def _normals_of(self, nodes) -> list[torch.Tensor]:
+        """[Z of each node], drawn in one call."""
+        z = self._normals.draw([mix_int(n) for n in nodes])
+        if z.shape[-1] != self.size:  # an odd size: the last hash's sine is not used
+            z = z[..., :self.size]
+        return list(z.reshape(len(nodes), len(self.seeds), *self.shape).to(self.dtype).unbind(0))
 
     def randn(self) -> torch.Tensor:
         """Fresh standard normals (B, *shape), one draw per call: noise that is not a Brownian increment."""
@@ -129,6 +133,15 @@ class BrownianPaths(SeededNoise):
         stack = self._stack
         while len(stack) > 1 and not stack[-1][0] <= x <= stack[-1][1]:
             stack.pop()
+        lo, hi, node = stack[-1][0], stack[-1][1], stack[-1][4]
+        nodes = []  # the nodes this descent draws, found first so that one call draws them all
+        while x != lo and x != hi:
+            nodes.append(node)
+            if hi - lo == 1:
+                break
+            mid = (lo + hi) // 2
+            lo, hi, node = (lo, mid, 2 * node) if x < mid else (mid, hi, 2 * node + 1)
+        zs = iter(self._normals_of(nodes) if nodes else ())
         while True:
             lo, hi, w_lo, w_hi, node = stack[-1]
             if x == lo:
@@ -137,9 +150,9 @@ class BrownianPaths(SeededNoise):
                 return w_hi
             if hi - lo == 1:  # inside a leaf: the Brownian bridge, with the leaf's own draw
                 frac = x - lo
-                return torch.lerp(w_lo, w_hi, frac) + math.sqrt(frac * (1.0 - frac) * self._leaf) * self._normal(node)
+                return torch.lerp(w_lo, w_hi, frac) + math.sqrt(frac * (1.0 - frac) * self._leaf) * next(zs)
             mid = (lo + hi) // 2
-            w_mid = (w_lo + w_hi).mul_(0.5).add_(self._normal(node), alpha=math.sqrt((hi - lo) * self._leaf / 4.0))
+            w_mid = (w_lo + w_hi).mul_(0.5).add_(next(zs), alpha=math.sqrt((hi - lo) * self._leaf / 4.0))
             stack.append((lo, mid, w_lo, w_mid, 2 * node) if x < mid else (mid, hi, w_mid, w_hi, 2 * node + 1))
 
     def increment(self, s: float, t: float) -> torch.Tensor:

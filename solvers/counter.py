@@ -1,4 +1,4 @@
-"""Counter-based standard normals: Z[i, node] = BoxMuller(splitmix64(key_i ^ mix(node) + lane * golden)).
+"""Counter-based standard normals: Z[node, i] = BoxMuller(splitmix64((key_i + lane * golden) ^ mix(node))).
 
 Sample i's normals are a function of its key (its seed, mixed) and the node (the draw) alone, so a sample's noise does
 not depend on its batch. One 64-bit hash gives two normals: its high 32 bits the radius (u1 = (hi + 1) / 2^32 in
@@ -17,6 +17,7 @@ import torch
 MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's multipliers
+CHUNK = 16384  # hashes per numpy pass (2 nodes at 256 x 64: about 600 kB of buffers, in a core's L2)
 _U1, _ANGLE = 2.0 ** -32, 2.0 * math.pi * 2.0 ** -32  # a 32-bit word to (0, 1] and to [0, 2 pi)
 
 
@@ -56,7 +57,7 @@ def _mix_np_(z: np.ndarray, tmp: np.ndarray) -> np.ndarray:
 
 
 class CounterNormals:
-    """(B, 2 n) standard normals per node for B keys (int64 tensor of mixed seeds): `draw(node)`, node an int64.
+    """Standard normals for B keys (int64 tensor of mixed seeds), n hashes (2 n normals) per key and node.
 
     Computed in float32 whatever the caller's dtype (float64 paths cast them): numpy's float64 log, cos, sin are not
     vectorised and cost 4x (250 us for 16384 normals against 64 us); a float32 normal's relative rounding, 6e-8, is far
@@ -66,40 +67,44 @@ class CounterNormals:
     def __init__(self, keys: torch.Tensor, n: int, device, numpy: bool | None = None):
         self.device = torch.device(device)
         self.numpy = self.device.type == "cpu" if numpy is None else numpy  # numpy=False: torch on the CPU (tests)
-        self._keys = keys.to(self.device)
-        self._lanes = torch.arange(n, dtype=torch.int64, device=self.device) * signed(GOLDEN)
-        if self.numpy:  # numpy views and buffers, reused by every draw
-            self._np_keys, self._np_lanes = self._keys.numpy().view(np.uint64), self._lanes.numpy().view(np.uint64)
-            self._h, self._tmp = np.empty((len(keys), n), np.uint64), np.empty((len(keys), n), np.uint64)
+        lanes = torch.arange(n, dtype=torch.int64, device=self.device) * signed(GOLDEN)
+        self._base = keys.to(self.device)[:, None] + lanes  # splitmix64's states, one stream per key; a node XORs them
+        if self.numpy:
+            self._np_base = self._base.numpy().view(np.uint64)
 
-    def draw(self, node: int) -> torch.Tensor:
-        """Standard normals (B, 2 n), float32: [:, :n] radius x cos, [:, n:] radius x sin of n hashes."""
-        return torch.from_numpy(self._draw_numpy(node)) if self.numpy else self._draw_torch(node)
+    def draw(self, nodes) -> torch.Tensor:
+        """(len(nodes), B, 2 n) float32 standard normals of the nodes (int64 each): [..., :n] radius x cosine, [..., n:]
+        radius x sine of the n hashes of (key, node). Several nodes in one call share the calls' overhead."""
+        if not self.numpy:
+            return self._draw_torch(nodes)
+        nodes = np.array([m & MASK for m in nodes], dtype=np.uint64)
+        b, n = self._np_base.shape
+        out = np.empty((len(nodes), b, 2, n), np.float32)
+        step = max(1, CHUNK // (b * n))  # nodes per pass: the passes' arrays stay in the core's cache
+        for i in range(0, len(nodes), step):
+            self._draw_numpy(nodes[i:i + step], out[i:i + step])
+        return torch.from_numpy(out.reshape(len(nodes), b, 2 * n))
 
-    def _draw_numpy(self, node: int) -> np.ndarray:
-        h, dt = self._h, np.float32
-        np.add(self._np_lanes, (self._np_keys ^ np.uint64(node & MASK))[:, None], out=h)
-        words = _mix_np_(h, self._tmp).view(np.uint32).reshape(*h.shape, 2)  # little-endian: low, high word
-        r = words[..., 1].astype(dt)
+    def _draw_numpy(self, nodes: np.ndarray, out: np.ndarray) -> None:
+        h = self._np_base ^ nodes[:, None, None]
+        words = _mix_np_(h, np.empty_like(h)).view(np.uint32).reshape(*h.shape, 2)  # little-endian: low, high word
+        r = words[..., 1].astype(np.float32)
         r += 1.0
         r *= _U1
         np.log(r, out=r)
         r *= -2.0
         np.sqrt(r, out=r)
-        angle = words[..., 0].astype(dt)
+        angle = words[..., 0].astype(np.float32)
         angle *= _ANGLE
-        out = np.empty((h.shape[0], 2, h.shape[1]), dt)
-        np.cos(angle, out=out[:, 0])
-        np.sin(angle, out=out[:, 1])
-        out *= r[:, None]
-        return out.reshape(h.shape[0], -1)
+        np.cos(angle, out=out[:, :, 0])
+        np.sin(angle, out=out[:, :, 1])
+        out *= r[:, :, None]
 
-    def _draw_torch(self, node: int) -> torch.Tensor:
-        h = mix((self._keys ^ node)[:, None] + self._lanes)
-        dt = torch.float32
-        r = ((h >> 32) & 0xFFFFFFFF).to(dt).add_(1.0).mul_(_U1).log_().mul_(-2.0).sqrt_()
-        angle = (h & 0xFFFFFFFF).to(dt).mul_(_ANGLE)
-        out = torch.empty(h.shape[0], 2, h.shape[1], dtype=dt, device=self.device)
-        torch.cos(angle, out=out[:, 0])
-        torch.sin(angle, out=out[:, 1])
-        return out.mul_(r[:, None]).reshape(h.shape[0], -1)
+    def _draw_torch(self, nodes) -> torch.Tensor:
+        h = mix(self._base ^ torch.tensor(list(nodes), dtype=torch.int64, device=self.device)[:, None, None])
+        r = ((h >> 32) & 0xFFFFFFFF).to(torch.float32).add_(1.0).mul_(_U1).log_().mul_(-2.0).sqrt_()
+        angle = (h & 0xFFFFFFFF).to(torch.float32).mul_(_ANGLE)
+        out = torch.empty(*h.shape[:2], 2, h.shape[2], dtype=torch.float32, device=self.device)
+        torch.cos(angle, out=out[:, :, 0])
+        torch.sin(angle, out=out[:, :, 1])
+        return out.mul_(r[:, :, None]).reshape(*h.shape[:2], -1)

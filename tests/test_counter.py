@@ -63,13 +63,17 @@ def test_adjacent_tree_nodes_are_uncorrelated():
 
 
 def test_the_hash_is_splitmix64_and_numpy_and_torch_agree():
-    """numpy's uint64 hash gives torch's int64 bits and the Python int's; the float32 normals agree to rounding; an
+    """numpy's uint64 hash gives torch's int64 bits and the Python int's; the float32 normals agree to rounding, drawn
+    one node or several at a time; an
     odd sample size drops the last sine; float64 noise is the float32 noise cast (a float32 run sees the same noise)."""
     keys = mix(torch.tensor([signed(s) for s in (0, 1, 2**63 + 5, 12345)], dtype=torch.int64))
     assert keys.tolist() == [mix_int(s) for s in (0, 1, 2**63 + 5, 12345)]
     fast, slow = CounterNormals(keys, 7, "cpu"), CounterNormals(keys, 7, "cpu", numpy=False)
-    for node in (0, 1, mix_int(99), -(2**63)):
-        assert torch.allclose(fast.draw(node), slow.draw(node), rtol=0, atol=2e-6)
+    nodes = (0, 1, mix_int(99), -(2**63))
+    many = fast.draw(nodes)
+    assert torch.allclose(many, slow.draw(nodes), rtol=0, atol=2e-6)
+    for node, z in zip(nodes, many):  # a node's normals do not depend on the nodes drawn with it
+        assert torch.equal(fast.draw([node])[0], z)
     odd, even = seeded_noise([3, 4], (13,)), seeded_noise([3, 4], (14,))
     assert torch.equal(odd.randn(), even.randn()[:, :13])  # both 7 hashes: 13 entries drop the 7th sine
     z32, z64 = seeded_noise([8, 9], (2, 5), dtype=torch.float32), seeded_noise([8, 9], (2, 5), dtype=torch.float64)
