@@ -10,6 +10,7 @@ in torch (the same bits) and Box-Muller in torch (the same normals to float32 ro
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ import torch
 MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's multipliers
+_LOW, _HIGH = (0, 1) if sys.byteorder == "little" else (1, 0)  # a uint64's 32-bit words in a uint32 view
 CHUNK = 16384  # hashes per numpy pass (2 nodes at 256 x 64: about 600 kB of buffers, in a core's L2)
 _U1, _ANGLE = 2.0 ** -32, 2.0 * math.pi * 2.0 ** -32  # a 32-bit word to (0, 1] and to [0, 2 pi)
 
@@ -59,9 +61,9 @@ def _mix_np_(z: np.ndarray, tmp: np.ndarray) -> np.ndarray:
 class CounterNormals:
     """Standard normals for B keys (int64 tensor of mixed seeds), n hashes (2 n normals) per key and node.
 
-    Computed in float32 whatever the caller's dtype (float64 paths cast them): numpy's float64 log, cos, sin are not
-    vectorised and cost 4x (250 us for 16384 normals against 64 us); a float32 normal's relative rounding, 6e-8, is far
-    below any Monte-Carlo error, and a float32 run draws its float64 twin's noise rounded.
+    Computed in float32 whatever the caller's dtype (float64 paths cast them): numpy's float64 log, cos, sin cost 4x
+    (250 us for 16384 normals against 64 us, one thread of our AMD EPYC); a float32 normal's relative rounding, 6e-8, is
+    far below any Monte-Carlo error, and a float32 run draws its float64 twin's noise rounded.
     """
 
     def __init__(self, keys: torch.Tensor, n: int, device, numpy: bool | None = None):
@@ -87,14 +89,14 @@ class CounterNormals:
 
     def _draw_numpy(self, nodes: np.ndarray, out: np.ndarray) -> None:
         h = self._np_base ^ nodes[:, None, None]
-        words = _mix_np_(h, np.empty_like(h)).view(np.uint32).reshape(*h.shape, 2)  # little-endian: low, high word
-        r = words[..., 1].astype(np.float32)
+        words = _mix_np_(h, np.empty_like(h)).view(np.uint32).reshape(*h.shape, 2)
+        r = words[..., _HIGH].astype(np.float32)
         r += 1.0
         r *= _U1
         np.log(r, out=r)
         r *= -2.0
         np.sqrt(r, out=r)
-        angle = words[..., 0].astype(np.float32)
+        angle = words[..., _LOW].astype(np.float32)
         angle *= _ANGLE
         np.cos(angle, out=out[:, :, 0])
         np.sin(angle, out=out[:, :, 1])
