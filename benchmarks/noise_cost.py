@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's solvers, not an installed copy's
 from solvers import Model, VPSchedule, brownian_paths, list_solvers, per_sample_generators, sample, seeded_noise
 
 BATCH, SHAPE = 256, (1, 8, 8)

@@ -73,6 +73,7 @@ class CounterNormals:
         self._base = keys.to(self.device)[:, None] + lanes  # splitmix64's states, one stream per key; a node XORs them
         if self.numpy:
             self._np_base = self._base.numpy().view(np.uint64)
+            self._work: dict[int, tuple[np.ndarray, ...]] = {}
 
     def draw(self, nodes) -> torch.Tensor:
         """(len(nodes), B, 2 n) float32 standard normals of the nodes (int64 each): [..., :n] radius x cosine, [..., n:]
@@ -88,19 +89,26 @@ class CounterNormals:
         return torch.from_numpy(out.reshape(len(nodes), b, 2 * n))
 
     def _draw_numpy(self, nodes: np.ndarray, out: np.ndarray) -> None:
-        h = self._np_base ^ nodes[:, None, None]
-        words = _mix_np_(h, np.empty_like(h)).view(np.uint32).reshape(*h.shape, 2)
-        r = words[..., _HIGH].astype(np.float32)
-        r += 1.0
+        h, tmp, r, angle = self._buffers(len(nodes))
+        np.bitwise_xor(self._np_base, nodes[:, None, None], out=h)
+        words = _mix_np_(h, tmp).view(np.uint32).reshape(*h.shape, 2)
+        np.add(words[..., _HIGH], 1.0, out=r, dtype=np.float32, casting="unsafe")
         r *= _U1
         np.log(r, out=r)
         r *= -2.0
         np.sqrt(r, out=r)
-        angle = words[..., _LOW].astype(np.float32)
-        angle *= _ANGLE
+        np.multiply(words[..., _LOW], _ANGLE, out=angle, dtype=np.float32, casting="unsafe")
         np.cos(angle, out=out[:, :, 0])
         np.sin(angle, out=out[:, :, 1])
         out *= r[:, :, None]
+
+    def _buffers(self, k: int) -> tuple[np.ndarray, ...]:
+        """Work arrays for k nodes (hashes, their shifts, radii, angles), kept: no allocation churn per draw."""
+        if k not in self._work:
+            shape = (k, *self._np_base.shape)
+            self._work[k] = (np.empty(shape, np.uint64), np.empty(shape, np.uint64), np.empty(shape, np.float32),
+                             np.empty(shape, np.float32))
+        return self._work[k]
 
     def _draw_torch(self, nodes) -> torch.Tensor:
         h = mix(self._base ^ torch.tensor(list(nodes), dtype=torch.int64, device=self.device)[:, None, None])
