@@ -31,7 +31,7 @@ from .counter import GOLDEN, CounterNormals, mix, mix_int, signed
 
 DEPTH = 16  # levels of the dyadic tree: leaves of (t1 - t0) / 65536
 _FRESH = 0x2545F4914F6CDD1D  # salt of the fresh-draw stream
-
+AHEAD = 4  # fresh draws computed per call
 
 class SeededNoise:
     """Fresh standard normals per sample, a counter-based hash of (seed, draw): the vectorised form of one generator per
@@ -47,6 +47,7 @@ class SeededNoise:
         keys = mix(torch.tensor([signed(s) for s in seeds], dtype=torch.int64))
         self._normals = CounterNormals(keys, (self.size + 1) // 2, self.device)
         self._fresh = 0  # fresh draws so far
+        self._ahead: list[torch.Tensor] = []  # the next fresh draws, drawn in one call
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -64,8 +65,10 @@ class SeededNoise:
 
     def randn(self) -> torch.Tensor:
         """Fresh standard normals (B, *shape), one draw per call: noise that is not a Brownian increment."""
+        if not self._ahead:  # draw AHEAD at once: draw k is a hash of k, whenever it is computed
+            self._ahead = self._normals_of([signed(_FRESH + (self._fresh + k) * GOLDEN) for k in range(AHEAD, 0, -1)])
         self._fresh += 1
-        return self._normal(signed(_FRESH + self._fresh * GOLDEN))
+        return self._ahead.pop()
 
     def increment(self, s: float, t: float) -> torch.Tensor:
         """A fresh draw (this source follows no path)."""
