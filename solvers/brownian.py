@@ -36,7 +36,8 @@ AHEAD = 4  # fresh draws computed per call
 class SeededNoise:
     """Fresh standard normals per sample, a counter-based hash of (seed, draw): the vectorised form of one generator per
     sample (no Python loop over the batch). Pass as `generator=`; build it with `seeded_noise`. No Brownian path:
-    `increment` is a fresh draw too."""
+    `increment` is a fresh draw too. Draws are computed AHEAD at a time (one call's overhead and cache warm-up for 4).
+    """
 
     def __init__(self, seeds: Sequence[int], shape, *, dtype=torch.float64, device="cpu"):
         seeds = [int(s) for s in seeds]
