@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's solvers, not an installed copy's
 from solvers import Model, VPSchedule, brownian_paths, list_solvers, per_sample_generators, sample, seeded_noise
 
 BATCH, SHAPE = 256, (1, 8, 8)
@@ -38,6 +41,11 @@ SOURCES = {
     "seeded_noise": lambda seeds: seeded_noise(seeds, SHAPE, dtype=torch.float32),
     "brownian_paths": lambda seeds: brownian_paths(seeds, SHAPE, T_END, 1.0, dtype=torch.float32),
 }
+
+
+def label(name: str, options: dict) -> str:
+    """A solver with its options, e.g. ddim(eta=1)."""
+    return name + (f"({', '.join(f'{k}={v:g}' for k, v in options.items())})" if options else "")
 
 
 def identity(x, t):
@@ -76,7 +84,7 @@ def measure(nfes=(10, 50), rounds: int = 15, sources=tuple(SOURCES)) -> list[dic
             d = times["det"]
             for s in sources:
                 ratios = [a / b for a, b in zip(times[s], d)]
-                rows.append({"pair": f"{sto}{'(eta=1)' if sto_opts else ''} / {det}", "nfe": nfe, "source": s,
+                rows.append({"pair": f"{label(sto, sto_opts)} / {label(det, det_opts)}", "nfe": nfe, "source": s,
                              "det_us": statistics.median(d) * 1e6, "sto_us": statistics.median(times[s]) * 1e6,
                              "ratio": statistics.median(ratios)})
     return rows
@@ -85,8 +93,8 @@ def measure(nfes=(10, 50), rounds: int = 15, sources=tuple(SOURCES)) -> list[dic
 def format_rows(rows: list[dict]) -> str:
     out = [f"identity model, batch {BATCH} x {'x'.join(map(str, SHAPE))} float32, {torch.get_num_threads()} thread(s); "
            "microseconds per evaluation (median over rounds)",
-           f"{'pair':28s} {'NFE':>4s} {'noise source':22s} {'det':>7s} {'stoch':>8s} {'ratio':>7s}"]
-    out += [f"{r['pair']:28s} {r['nfe']:4d} {r['source']:22s} {r['det_us']:7.0f} {r['sto_us']:8.0f} {r['ratio']:6.2f}x"
+           f"{'pair':30s} {'NFE':>4s} {'noise source':22s} {'det':>7s} {'stoch':>8s} {'ratio':>7s}"]
+    out += [f"{r['pair']:30s} {r['nfe']:4d} {r['source']:22s} {r['det_us']:7.0f} {r['sto_us']:8.0f} {r['ratio']:6.2f}x"
             for r in rows]
     return "\n".join(out)
 

@@ -15,8 +15,8 @@ of a node [a, b] is (W(a) + W(b)) / 2 + sqrt((b - a) / 4) Z_node. Below `depth` 
 leaf [a, b] is the Brownian bridge (linear part plus sqrt((u - a)(b - u) / (b - a)) Z_leaf). The joint law
 of the queried values is exact as long as no two queried times share a leaf, i.e. lie within
 (t1 - t0) / 2^depth of each other (default depth 16: 1.5e-5 of the interval); closer queries reuse the leaf's
-draw and are approximate. Every Z is a counter-based hash of (sample seed, node): splitmix64 on int64
-tensors, then Box-Muller, vectorised over the batch (no per-sample generator loop). The nodes of the last
+draw and are approximate. Every Z is a counter-based hash of (sample seed, node) through Box-Muller
+(solvers.counter: splitmix64, vectorised over the batch, no per-sample generator loop). The nodes of the last
 descent are kept, so a sweep down a grid draws only the levels below where its neighbours' descents part
 (about depth - log2(steps) + 1 node draws per step).
 """
@@ -27,45 +27,17 @@ from collections.abc import Sequence
 
 import torch
 
+from .counter import GOLDEN, CounterNormals, mix, mix_int, signed
+
 DEPTH = 16  # levels of the dyadic tree: leaves of (t1 - t0) / 65536
-_MASK = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
-_M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's multipliers
 _FRESH = 0x2545F4914F6CDD1D  # salt of the fresh-draw stream
-
-
-def _signed(v: int) -> int:
-    """An unsigned 64-bit constant as the int64 with the same bits."""
-    v &= _MASK
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-_G, _C1, _C2 = _signed(_GOLDEN), _signed(_M1), _signed(_M2)
-
-
-def _mix(z: torch.Tensor) -> torch.Tensor:
-    """splitmix64's finaliser on int64 tensors (products wrap modulo 2^64; shifts made logical by masking)."""
-    z = z ^ ((z >> 30) & ((1 << 34) - 1))
-    z = z * _C1
-    z = z ^ ((z >> 27) & ((1 << 37) - 1))
-    z = z * _C2
-    return z ^ ((z >> 31) & ((1 << 33) - 1))
-
-
-def _mix_int(z: int) -> int:
-    """_mix on one Python int (same bits)."""
-    z &= _MASK
-    z ^= z >> 30
-    z = (z * _M1) & _MASK
-    z ^= z >> 27
-    z = (z * _M2) & _MASK
-    return _signed(z ^ (z >> 31))
-
+AHEAD = 4  # fresh draws computed per call
 
 class SeededNoise:
     """Fresh standard normals per sample, a counter-based hash of (seed, draw): the vectorised form of one generator per
     sample (no Python loop over the batch). Pass as `generator=`; build it with `seeded_noise`. No Brownian path:
-    `increment` is a fresh draw too."""
+    `increment` is a fresh draw too. Draws are computed AHEAD at a time (one call's overhead and cache warm-up for 4).
+    """
 
     def __init__(self, seeds: Sequence[int], shape, *, dtype=torch.float64, device="cpu"):
         seeds = [int(s) for s in seeds]
@@ -73,27 +45,31 @@ class SeededNoise:
             raise ValueError("seeded_noise needs at least one seed (one per sample)")
         self.seeds, self.shape, self.dtype, self.device = seeds, tuple(int(n) for n in shape), dtype, torch.device(device)
         self.size = math.prod(self.shape)
-        self._keys = _mix(torch.tensor([_signed(s) for s in seeds], dtype=torch.int64, device=self.device))
-        self._lanes = torch.arange((self.size + 1) // 2, dtype=torch.int64, device=self.device) * _G
+        keys = mix(torch.tensor([signed(s) for s in seeds], dtype=torch.int64))
+        self._normals = CounterNormals(keys, (self.size + 1) // 2, self.device)
         self._fresh = 0  # fresh draws so far
+        self._ahead: list[torch.Tensor] = []  # the next fresh draws, drawn in one call
 
     def __len__(self) -> int:
         return len(self.seeds)
 
     def _normal(self, node: int) -> torch.Tensor:
-        """Z of `node` for every sample: (B, *shape) standard normals, a hash of (seed, node) through Box-Muller."""
-        h = _mix((self._keys ^ _mix_int(node))[:, None] + self._lanes)
-        dt = self.dtype
-        u1 = ((h >> 32) & 0xFFFFFFFF).to(dt).add_(0.5).mul_(2.0 ** -32)  # in (0, 1)
-        u2 = (h & 0xFFFFFFFF).to(dt).mul_(2.0 ** -32 * 2.0 * math.pi)
-        r = u1.log_().mul_(-2.0).sqrt_()
-        z = torch.cat([r * torch.cos(u2), r.mul_(torch.sin(u2))], dim=1)[:, :self.size]
-        return z.reshape(len(self.seeds), *self.shape)
+        """Z of `node` for every sample: (B, *shape) standard normals, a hash of (seed, node) (solvers.counter)."""
+        return self._normals_of([node])[0]
+
+    def _normals_of(self, nodes) -> list[torch.Tensor]:
+        """[Z of each node], drawn in one call."""
+        z = self._normals.draw([mix_int(n) for n in nodes])
+        if z.shape[-1] != self.size:  # an odd size: the last hash's sine is not used
+            z = z[..., :self.size]
+        return list(z.reshape(len(nodes), len(self.seeds), *self.shape).to(self.dtype).unbind(0))
 
     def randn(self) -> torch.Tensor:
         """Fresh standard normals (B, *shape), one draw per call: noise that is not a Brownian increment."""
+        if not self._ahead:  # draw AHEAD at once: draw k is a hash of k, whenever it is computed
+            self._ahead = self._normals_of([signed(_FRESH + (self._fresh + k) * GOLDEN) for k in range(AHEAD, 0, -1)])
         self._fresh += 1
-        return self._normal(_signed(_FRESH + self._fresh * _GOLDEN))
+        return self._ahead.pop()
 
     def increment(self, s: float, t: float) -> torch.Tensor:
         """A fresh draw (this source follows no path)."""
@@ -161,6 +137,15 @@ class BrownianPaths(SeededNoise):
         stack = self._stack
         while len(stack) > 1 and not stack[-1][0] <= x <= stack[-1][1]:
             stack.pop()
+        lo, hi, node = stack[-1][0], stack[-1][1], stack[-1][4]
+        nodes = []  # the nodes this descent draws, found first so that one call draws them all
+        while x != lo and x != hi:
+            nodes.append(node)
+            if hi - lo == 1:
+                break
+            mid = (lo + hi) // 2
+            lo, hi, node = (lo, mid, 2 * node) if x < mid else (mid, hi, 2 * node + 1)
+        zs = iter(self._normals_of(nodes) if nodes else ())
         while True:
             lo, hi, w_lo, w_hi, node = stack[-1]
             if x == lo:
@@ -169,9 +154,9 @@ class BrownianPaths(SeededNoise):
                 return w_hi
             if hi - lo == 1:  # inside a leaf: the Brownian bridge, with the leaf's own draw
                 frac = x - lo
-                return torch.lerp(w_lo, w_hi, frac) + math.sqrt(frac * (1.0 - frac) * self._leaf) * self._normal(node)
+                return torch.lerp(w_lo, w_hi, frac) + math.sqrt(frac * (1.0 - frac) * self._leaf) * next(zs)
             mid = (lo + hi) // 2
-            w_mid = (w_lo + w_hi).mul_(0.5).add_(self._normal(node), alpha=math.sqrt((hi - lo) * self._leaf / 4.0))
+            w_mid = (w_lo + w_hi).mul_(0.5).add_(next(zs), alpha=math.sqrt((hi - lo) * self._leaf / 4.0))
             stack.append((lo, mid, w_lo, w_mid, 2 * node) if x < mid else (mid, hi, w_mid, w_hi, 2 * node + 1))
 
     def increment(self, s: float, t: float) -> torch.Tensor:
