@@ -13,7 +13,7 @@ every noise source a user can pass as `generator=`:
 Rounds alternate between the deterministic run and each stochastic one, so a slow spell of the shared machine
 hits all; a ratio is the median over rounds of (stochastic / deterministic) within the round.
 
-    python benchmarks/noise_cost.py [--nfe 10,50] [--rounds 15] [--threads 1]
+    python benchmarks/noise_cost.py [--nfe 10,50] [--rounds 15] [--threads 1] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -35,11 +35,11 @@ PAIRS = (  # stochastic solver, its options, deterministic counterpart, its opti
     ("dpmpp_2m_sde", {}, "dpmpp_2m", {}),
     ("edm_sde", {"s_churn": 40.0}, "heun", {}),  # s_churn = 0 (the default) draws no noise
 )
-SOURCES = {
-    "torch.Generator": lambda seeds: torch.Generator().manual_seed(0),
-    "per-sample generators": lambda seeds: per_sample_generators(seeds),
-    "seeded_noise": lambda seeds: seeded_noise(seeds, SHAPE, dtype=torch.float32),
-    "brownian_paths": lambda seeds: brownian_paths(seeds, SHAPE, T_END, 1.0, dtype=torch.float32),
+SOURCES = {  # noise source name -> (per-sample seeds, device) -> generator
+    "torch.Generator": lambda seeds, dev: torch.Generator(device=dev).manual_seed(0),
+    "per-sample generators": lambda seeds, dev: per_sample_generators(seeds, device=dev),
+    "seeded_noise": lambda seeds, dev: seeded_noise(seeds, SHAPE, dtype=torch.float32, device=dev),
+    "brownian_paths": lambda seeds, dev: brownian_paths(seeds, SHAPE, T_END, 1.0, dtype=torch.float32, device=dev),
 }
 
 
@@ -58,19 +58,26 @@ def pairs() -> list[tuple]:
     return [p for p in PAIRS if p[0] in names and p[2] in names]
 
 
+def _sync(x) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
 def run(solver: str, options: dict, x_T, nfe: int, generator=None) -> float:
-    """Seconds per evaluation of one sampling call (the budget checked exactly)."""
+    """Seconds per evaluation of one sampling call (the budget checked exactly; CUDA synchronised)."""
     model = Model(identity, VPSchedule.linear(), prediction="eps")
+    _sync(x_T)
     start = time.perf_counter()
     sample(model, x_T, solver, nfe=nfe, t_end=T_END, generator=generator, **options)
+    _sync(x_T)
     wall = time.perf_counter() - start
     assert model.nfe == nfe, (solver, model.nfe, nfe)
     return wall / nfe
 
 
-def measure(nfes=(10, 50), rounds: int = 15, sources=tuple(SOURCES)) -> list[dict]:
+def measure(nfes=(10, 50), rounds: int = 15, sources=tuple(SOURCES), device: str = "cpu") -> list[dict]:
     """One row per (pair, NFE, noise source): deterministic and stochastic microseconds per evaluation, and the ratio."""
-    x_T = torch.randn(BATCH, *SHAPE, generator=torch.Generator().manual_seed(0))
+    x_T = torch.randn(BATCH, *SHAPE, generator=torch.Generator().manual_seed(0)).to(device)
     seeds = list(range(BATCH))
     rows = []
     for sto, sto_opts, det, det_opts in pairs():
@@ -80,7 +87,7 @@ def measure(nfes=(10, 50), rounds: int = 15, sources=tuple(SOURCES)) -> list[dic
             for _ in range(rounds):
                 times["det"].append(run(det, det_opts, x_T, nfe))
                 for s in sources:
-                    times[s].append(run(sto, sto_opts, x_T, nfe, SOURCES[s](seeds)))
+                    times[s].append(run(sto, sto_opts, x_T, nfe, SOURCES[s](seeds, device)))
             d = times["det"]
             for s in sources:
                 ratios = [a / b for a, b in zip(times[s], d)]
@@ -90,8 +97,9 @@ def measure(nfes=(10, 50), rounds: int = 15, sources=tuple(SOURCES)) -> list[dic
     return rows
 
 
-def format_rows(rows: list[dict]) -> str:
-    out = [f"identity model, batch {BATCH} x {'x'.join(map(str, SHAPE))} float32, {torch.get_num_threads()} thread(s); "
+def format_rows(rows: list[dict], device: str = "cpu") -> str:
+    where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{torch.get_num_threads()} thread(s)"
+    out = [f"identity model, batch {BATCH} x {'x'.join(map(str, SHAPE))} float32, {where}; "
            "microseconds per evaluation (median over rounds)",
            f"{'pair':30s} {'NFE':>4s} {'noise source':22s} {'det':>7s} {'stoch':>8s} {'ratio':>7s}"]
     out += [f"{r['pair']:30s} {r['nfe']:4d} {r['source']:22s} {r['det_us']:7.0f} {r['sto_us']:8.0f} {r['ratio']:6.2f}x"
@@ -104,9 +112,11 @@ def main(argv=None):
     p.add_argument("--nfe", default="10,50")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (timings synchronised)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(format_rows(measure(tuple(int(n) for n in args.nfe.split(",")), args.rounds)))
+    rows = measure(tuple(int(n) for n in args.nfe.split(",")), args.rounds, device=args.device)
+    print(format_rows(rows, args.device))
 
 
 if __name__ == "__main__":
