@@ -70,12 +70,7 @@ def label_classifier(ref: ReferenceModel, cache_dir=None, device: str = "cpu"):
                 return ref.mixture.class_log_posterior(x.double().cpu(), sched, sched.default_t_end).argmax(1)
         return exact
     if ref.metric == "image" and tuple(ref.shape) == (1, 8, 8):
-        from reference_models.features import load_classifier
+        from reference_models.features import digit_labels
 
-        net, _ = load_classifier(cache_dir=cache_dir, progress=False)
-
-        def digits(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return net(x.float().cpu()).argmax(1)
-        return digits
+        return lambda x: digit_labels(x, cache_dir=cache_dir, device=device)
     return None

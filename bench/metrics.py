@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from reference_models import ReferenceModel
+from reference_models.features import wilson_interval
 
 from . import intervals
 from .schema import METRICS, bounds
@@ -207,6 +208,9 @@ class Evaluator:
         for m in self.metrics(obs):
             if METRICS[m].interval == "stderr":
                 value, lo, hi = intervals.normal(*self.stderr(obs, m))
+            elif METRICS[m].interval == "wilson":  # label_error: misses out of n
+                misses, n = int(round(float((1 - obs.label_ok).sum()))), len(obs.label_ok)
+                value, (lo, hi) = misses / n, wilson_interval(misses, n)
             else:
                 value, lo, hi = intervals.bootstrap(self.statistic(obs, m), obs.n, seed)
             out.update({m: value, bounds(m)[0]: lo, bounds(m)[1]: hi})

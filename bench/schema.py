@@ -15,7 +15,8 @@ import pandas as pd
 class Metric:
     label: str
     family: str  # "error" (against the reference solution: no data needed) or "quality" (against real data)
-    interval: str  # "bootstrap" over the cell's samples, or "stderr" (normal, 1.96 standard errors)
+    interval: str  # "bootstrap" over the cell's samples, "stderr" (normal, 1.96 standard errors), or "wilson" (a
+    # proportion's Wilson score interval: right at 0 and 1, where the bootstrap's collapses)
     signed: bool = False  # the value is signed and its size is the quality (the NLL gap)
     unit: str = ""
 
@@ -32,7 +33,7 @@ METRICS = {
     "mmd": Metric("MMD", "quality", "stderr"),
     # guided sampling of a class-conditional model: the share of samples that the digit classifier does not assign
     # to their intended label (1 - accuracy; lower is better, as every metric here)
-    "label_error": Metric("label error (1 - classifier accuracy on the intended labels)", "quality", "bootstrap"),
+    "label_error": Metric("label error (1 - classifier accuracy on the intended labels)", "quality", "wilson"),
     # the distance of the samples' distribution to the reference solution's samples (same x_T), no data needed:
     # Frechet distance in the FID feature space for images with a feature extractor, else sliced Wasserstein
     "fd_ref": Metric("FD to reference samples", "error", "bootstrap"),

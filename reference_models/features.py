@@ -278,16 +278,22 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def label_accuracy(x: torch.Tensor, labels: torch.Tensor, cache_dir=None, device="cpu") -> tuple[float, float, float]:
-    """(accuracy, lo, hi): the fraction of digits `x` (B, 1, 8, 8) in [-1, 1] that the digits classifier assigns to
-    their intended `labels` (B,) (samples clamped to [-1, 1]), with its 95% Wilson interval. Trains the classifier
-    first if it is not cached."""
-    if x.ndim != 4 or tuple(x.shape[1:]) != digits.SHAPE or labels.shape != (len(x),):
-        raise ValueError(f"label_accuracy takes digits (B, 1, 8, 8) and labels (B,), got {tuple(x.shape)} and "
-                         f"{tuple(labels.shape)}")
+def digit_labels(x: torch.Tensor, cache_dir=None, device="cpu") -> torch.Tensor:
+    """The digits classifier's label (B,) of each digit `x` (B, 1, 8, 8) in [-1, 1] (clamped to it). Trains the
+    classifier first if it is not cached."""
+    if x.ndim != 4 or tuple(x.shape[1:]) != digits.SHAPE:
+        raise ValueError(f"the digits classifier takes digits (B, 1, 8, 8), got {tuple(x.shape)}")
     net, _ = load_classifier(cache_dir, progress=False)
     net = net.to(device)
     with torch.no_grad():
-        pred = net(x.detach().to(device=device, dtype=torch.float32).clamp(-1, 1)).argmax(1).cpu()
-    k = int((pred == labels.detach().cpu()).sum())
+        return net(x.detach().to(device=device, dtype=torch.float32).clamp(-1, 1)).argmax(1).cpu()
+
+
+def label_accuracy(x: torch.Tensor, labels: torch.Tensor, cache_dir=None, device="cpu") -> tuple[float, float, float]:
+    """(accuracy, lo, hi): the fraction of digits `x` (B, 1, 8, 8) in [-1, 1] that the digits classifier assigns to
+    their intended `labels` (B,) (digit_labels), with its 95% Wilson interval."""
+    if labels.shape != (len(x),):
+        raise ValueError(f"label_accuracy takes digits (B, 1, 8, 8) and labels (B,), got {tuple(x.shape)} and "
+                         f"{tuple(labels.shape)}")
+    k = int((digit_labels(x, cache_dir, device) == labels.detach().cpu()).sum())
     return (k / len(x) if len(x) else float("nan"), *wilson_interval(k, len(x)))

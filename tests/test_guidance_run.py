@@ -2,6 +2,7 @@
 report's guidance section, solver variants (thresholding), and clear refusals."""
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -148,3 +149,13 @@ def test_a_failure_is_an_error_rising_between_budgets_beyond_the_intervals():
     assert _failure(cells([1.0, 0.5, 0.2], 0.1)) == ("", None)
     failed = pd.DataFrame({"status": ["ok", "failed"], "nfe": [5, 10], "message": ["", "FloatingPointError: NaN"]})
     assert _failure(failed)[1] == 10
+
+
+def test_label_error_has_a_wilson_interval_also_at_zero():
+    from bench.metrics import Evaluator, Observation
+
+    ev = Evaluator(None, None, 0, "2d")
+    out = ev.measure(Observation(points=None, label_ok=np.ones(300)), 0)
+    assert out["label_error"] == 0.0 and out["label_error_lo"] < 1e-12 and 0.005 < out["label_error_hi"] < 0.02
+    out = ev.measure(Observation(points=None, label_ok=np.r_[np.ones(270), np.zeros(30)]), 0)
+    assert out["label_error_lo"] < 0.1 < out["label_error_hi"]
