@@ -34,7 +34,7 @@ def guided(rows: pd.DataFrame) -> pd.DataFrame:
         return rows.iloc[:0]
     w = pd.to_numeric(rows["guidance"], errors="coerce")
     g = rows[w.notna()].assign(w=w[w.notna()])
-    suffix = " " + g["guidance_kind"].astype(str) + " w=" + g["w"].map(lambda v: f"{v:g}")
+    suffix = [f" {k} w={v:g}" for k, v in zip(g["guidance_kind"], g["w"])]
     base = [label[: len(label) - len(end)] if label.endswith(end) else label for label, end in zip(g["group"], suffix)]
     return g.assign(base=pd.Series(base, index=g.index, dtype="string"), how=g["guidance_kind"].astype(str))
 

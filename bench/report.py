@@ -45,8 +45,8 @@ def guidance_labels(rows: pd.DataFrame) -> pd.Series:
     if "guidance" not in rows or not len(rows):
         return pd.Series("", index=rows.index, dtype="string")
     w = pd.to_numeric(rows["guidance"], errors="coerce")
-    text = " " + rows["guidance_kind"].fillna("?").astype(str) + " w=" + w.map(lambda v: f"{v:g}")
-    return text.where(w.notna(), "").astype("string")
+    text = ["" if pd.isna(v) else f" {k if isinstance(k, str) else '?'} w={v:g}" for k, v in zip(rows["guidance_kind"], w)]
+    return pd.Series(text, index=rows.index, dtype="string")
 
 
 def make_report(run_dirs, out_dir=None, formats=FORMATS, tolerance: float = DEFAULT_TOLERANCE,

@@ -391,7 +391,8 @@ def summary(df: pd.DataFrame) -> str:
     """Solver x NFE of the headline metric (mean over seeds), one block per model and schedule."""
     blocks = []
     ok = df[df["status"] == "ok"]
-    guided = ok["guidance_kind"].fillna("") + ok["guidance"].map(lambda w: "" if pd.isna(w) else f" w={w:g}")
+    guided = pd.Series(["" if pd.isna(w) else f"{k} w={w:g}" for k, w in zip(ok["guidance_kind"], ok["guidance"])],
+                       index=ok.index, dtype="string")
     for (model, sched, how), rows in ok.groupby([ok["model"], ok["schedule"], guided], sort=False):
         metric = schema.headline_metric(rows)
         if metric is None:

@@ -86,8 +86,9 @@ def tiny_sweep(tmp_path_factory):
 def test_tiny_sweep_has_every_expected_row(tiny_sweep):
     sweep, df, out = tiny_sweep
     expected = {c.key for c in sweep.cells()}
-    got = [(r.model, r.schedule, r.prediction, r.solver, None if pd.isna(r.nfe) else int(r.nfe), int(r.seed))
-           for r in df.itertuples()]
+    got = [(r.model, r.schedule, r.prediction, None, None, r.solver, None if pd.isna(r.nfe) else int(r.nfe),
+            int(r.seed)) for r in df.itertuples()]  # unguided: guidance_kind and guidance <NA>
+    assert df["guidance"].isna().all() and df["guidance_kind"].isna().all()
     assert len(got) == len(set(got)) and set(got) == expected
     adaptive = [s for s in list_solvers() if get_solver(s).adaptive]
     assert len(df) == 2 * ((len(list_solvers()) - len(adaptive)) * len(NFES) + len(adaptive))
