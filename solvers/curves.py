@@ -9,7 +9,7 @@ tighten. `solvers.testing` fits and judges them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -105,11 +105,6 @@ class Curve:
     exact_se: float = 0.0  # weak: standard error of the exact expectation (shared by every budget)
     fine: int = 0  # paired weak: the budget of the reference (the same solver on the same paths); 0: exact
     jackknife: tuple = ()  # paired weak: per group of samples, the signed biases with that group left out
-
-    def without_group(self, g: int) -> Curve:
-        """A paired weak curve's biases with group g of JACKKNIFE_GROUPS left out (same floor)."""
-        bias = self.jackknife[g]
-        return replace(self, errors=tuple(abs(b) for b in bias), bias=tuple(bias), jackknife=())
 
     def table(self) -> str:
         what = {"weak": f"|E f(x) - E f(x at NFE {self.fine})|, same paths" if self.fine else "|bias of E log p|",

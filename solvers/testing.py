@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .convergence import fit, in_band, order_band
+from .convergence import fit, in_band, order_band, slope_order
 from .curves import (
     ORDER_NFES,
     STRONG_NFES,
@@ -143,13 +143,13 @@ def check_strong_order(solver: str, model: Model | None = None, x_T: torch.Tenso
 
 
 def slope_stderr(curve: Curve) -> float:
-    """Jackknife standard error of a paired weak curve's fitted order: `fit` (same floor) with each group of samples
-    left out in turn; inf when a left-out fit finds no range, NaN without groups."""
-    if not curve.jackknife:
+    """Jackknife standard error of a paired weak curve's fitted order: the order over the range `fit` chose
+    (convergence.slope_order) with each group of samples left out in turn; NaN without groups or a fitted range."""
+    result = fit(curve.nfes, curve.errors, curve.floor)
+    if not curve.jackknife or not result.ok:
         return math.nan
-    orders = [fit(curve.nfes, c.errors, c.floor).order for c in map(curve.without_group, range(len(curve.jackknife)))]
-    if not all(math.isfinite(p) for p in orders):
-        return math.inf
+    keep = [i for i, n in enumerate(curve.nfes) if n in result.nfe]
+    orders = [slope_order([curve.nfes[i] for i in keep], [abs(b[i]) for i in keep]) for b in curve.jackknife]
     k, mean = len(orders), sum(orders) / len(orders)
     return math.sqrt((k - 1) / k * sum((p - mean) ** 2 for p in orders))
 
@@ -177,7 +177,7 @@ def check_weak_order(solver: str, model: Model | None = None, x_T: torch.Tensor 
     declared = f"declared {order:g}, band [{lo:g}, {hi:g}]"
     what = f"weak order (paired with NFE {curve.fine} on {curve.samples:,} Brownian paths)"
     if result.ok:
-        ok = in_band(result.order, order) and se < max_se
+        ok = in_band(result.order, order) and se < max_se  # NaN never is
         detail = (f"{what} {result.order:.2f} [{result.lo:.2f}, {result.hi:.2f}], Monte-Carlo standard error "
                   f"{se:.2f}{'' if se < max_se else f' (not below {max_se:g}: more samples)'} over NFE "
                   f"{result.nfe_range}, {declared}")

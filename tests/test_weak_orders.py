@@ -17,7 +17,7 @@ import torch
 from reference_models import make_schedule
 from reference_models.registry import gmm2d
 from solvers import brownian_paths, get_solver, sample, testing
-from solvers.convergence import fit
+from solvers.convergence import fit, slope_order
 from solvers.curves import JACKKNIFE_GROUPS, Curve, path_seeds, strong_reference
 
 F64 = torch.float64
@@ -66,7 +66,8 @@ def strong(solver: str):
                               generator=brownian_paths(seeds, (2,), T_END, 1.0)) - ref[0]).pow(2).mean(1)
                       for n in curve.nfes])
     groups = torch.arange(len(x_T)) % JACKKNIFE_GROUPS
-    orders = [fit(curve.nfes, sq[:, groups != g].mean(1).sqrt().tolist(), curve.floor).order
+    keep = [i for i, n in enumerate(curve.nfes) if n in outcome.data["fit"].nfe]  # the fitted range
+    orders = [slope_order([curve.nfes[i] for i in keep], sq[keep][:, groups != g].mean(1).sqrt().tolist())
               for g in range(JACKKNIFE_GROUPS)]
     k, mean = len(orders), sum(orders) / len(orders)
     return outcome, math.sqrt((k - 1) / k * sum((p - mean) ** 2 for p in orders))
