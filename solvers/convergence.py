@@ -100,6 +100,13 @@ def asymptotic_points(nfe, error, floor: float = 0.0) -> tuple[np.ndarray, np.nd
     return x[start:], y[start:]
 
 
+def slope_order(nfe, error) -> float:
+    """Minus the least-squares slope of log(error) on log(NFE) over exactly these points: step 4 of the rule without
+    the range detection (for resampling a fitted range, e.g. a jackknife over samples); NaN below two usable points."""
+    x, y = usable_points(nfe, error)
+    return float(-stats.linregress(np.log(x), y).slope) if len(x) >= 2 else math.nan
+
+
 def fit(nfe, error, floor: float = 0.0) -> OrderFit:
     """The measured order over the detected asymptotic range, with its interval (see the module docstring)."""
     ux, uy = usable_points(nfe, error, floor)

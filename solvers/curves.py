@@ -3,8 +3,9 @@
 Deterministic solvers: RMSE over every coordinate against the DOP853 reference solution from the same x_T.
 Stochastic solvers: the weak error |E log p_t_end(x) - E_exact log p_t_end| with its standard error, and the
 strong error: RMSE against Euler-Maruyama at STRONG_STEPS uniform steps on the same Brownian path per sample
-(`solvers.brownian_paths`) from the same x_T. Adaptive solvers: RMSE against the reference as rtol = atol
-tighten. `solvers.testing` fits and judges them.
+(`solvers.brownian_paths`) from the same x_T; the paired weak error E f(X_n) - E f(X_fine), the same solver at a
+fine budget on the same paths (`paired_weak_curve`: a control variate, far smaller standard errors). Adaptive
+solvers: RMSE against the reference as rtol = atol tighten. `solvers.testing` fits and judges them.
 """
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ WEAK_FLOOR_SE = 3.0  # weak errors within this many standard errors of 0 are noi
 STRONG_STEPS = 4096  # Euler-Maruyama steps of the strong error's reference, on the same Brownian paths
 STRONG_NFES = (16, 32, 64, 128, 256)  # strong error: budgets well below STRONG_STEPS
 STRONG_FLOOR = 2.0  # strong errors within this factor of the reference's estimated RMSE are not fitted
+PAIRED_FINE = 32  # paired weak error: the reference is the same solver at this many times the largest budget
+PAIRED_FLOOR_SE = 2.0  # paired weak errors within this many of their standard errors of 0 are not fitted
+PAIRED_DEPTH = 24  # Brownian tree depth of a paired curve: the fine reference's steps stay wider than a leaf
+JACKKNIFE_GROUPS = 20  # paired weak error: groups of samples left out in turn (the slope's Monte-Carlo error)
 
 
 def g(v: float) -> str:
@@ -99,9 +104,12 @@ class Curve:
     bias: tuple = ()  # weak: the signed biases
     samples: int = 0  # weak: samples per budget
     exact_se: float = 0.0  # weak: standard error of the exact expectation (shared by every budget)
+    fine: int = 0  # paired weak: the budget of the reference (the same solver on the same paths); 0: exact
+    jackknife: tuple = ()  # paired weak: per group of samples, the signed biases with that group left out
 
     def table(self) -> str:
-        what = {"weak": "|bias of E log p|", "strong": "strong error (RMSE vs fine EM, same path)"}.get(
+        what = {"weak": f"|E f(x) - E f(x at NFE {self.fine})|, same paths" if self.fine else "|bias of E log p|",
+                "strong": "strong error (RMSE vs fine EM, same path)"}.get(
             self.kind, "RMSE vs reference")
         rows = [f"  {'rtol=atol':>9}  {'NFE':>6}  {what}" if self.labels else f"  {'NFE':>6}  {what}"]
         for i, (n, e) in enumerate(zip(self.nfes, self.errors)):
@@ -150,6 +158,56 @@ def pool(a: Curve, b: Curve) -> Curve:
            for s, t in zip(a.stderr, b.stderr)]  # the samples' own standard errors, then the shared exact one
     notes = tuple("; ".join(filter(None, p)) for p in zip(a.notes, b.notes))
     return weak_errors(a.nfes, bias, [math.hypot(o, ex) for o in own], notes, n + m, ex)
+
+
+def paired_weak_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, f, fine: int | None = None,
+                      seed: int = 0, t_start=None, t_end=None, timesteps=None, depth: int = PAIRED_DEPTH,
+                      **options) -> Curve:
+    """Weak error E f(X_n) - E f(X_fine) at each budget n of `nfes`, as the mean of paired differences on the same
+    Brownian path per sample (seeds `path_seeds(seed, len(x_T))`) from the same x_T, X_fine the same solver at
+    `fine` NFE (default PAIRED_FINE x the largest budget): a control variate, whose standard error is the std of the
+    differences / sqrt(N), not that of f.
+
+    f: x -> one value per sample (e.g. the exact log p_{t_end}). The reference's own weak error (~ fine^-p) is
+    shared by every point; it is negligible while fine >> n. Floor: PAIRED_FLOOR_SE x the largest standard error
+    among the points within PAIRED_FLOOR_SE standard errors of 0 (none: 0), so those points are not fitted.
+    """
+    spec = get_solver(solver)
+    spec.resolve_options(options)
+    if not spec.stochastic(options):
+        raise ValueError(f"solver {solver!r} draws no noise: use error_curve (RMSE against the ODE reference)")
+    t_start, t_end = ends(model, t_start, t_end, timesteps)
+    budgets = spec.budgets(WEAK_NFES if nfes is None else nfes, options)
+    if not budgets:
+        raise ValueError(f"solver {solver!r} accepts none of the budgets {tuple(nfes or WEAK_NFES)}")
+    fine = PAIRED_FINE * max(budgets) if fine is None else fine
+    if fine not in spec.budgets([fine], options) or fine <= max(budgets):
+        raise ValueError(f"the fine budget {fine} must be a budget of {solver!r} above the largest, {max(budgets)}")
+    seeds = path_seeds(seed, len(x_T))
+    kw = {"timesteps": timesteps} if timesteps is not None and not isinstance(timesteps, str) else {
+        "t_start": t_start, "t_end": t_end, "timesteps": timesteps}
+
+    def values(n: int) -> torch.Tensor:
+        paths = brownian_paths(seeds, x_T.shape[1:], t_end, t_start, depth=depth)
+        return f(run(spec, model, x_T, n, options, seed, generator=paths, **kw)[0]).double().flatten()
+
+    ref = values(fine)
+    groups = torch.arange(len(x_T)) % JACKKNIFE_GROUPS
+    bias, stderr, notes, left_out = [], [], [], []
+    for n in budgets:
+        try:
+            d = values(n) - ref
+            b, se = float(d.mean()), float(d.std()) / math.sqrt(len(d))
+            note = "" if math.isfinite(b) else "non-finite samples"
+            left_out.append([float(d[groups != g].mean()) for g in range(JACKKNIFE_GROUPS)])
+        except (ValueError, RuntimeError) as e:
+            b, se, note = math.nan, math.nan, problem(e)
+            left_out.append([math.nan] * JACKKNIFE_GROUPS)
+        bias.append(b if math.isfinite(b) else math.nan), stderr.append(se), notes.append(note)
+    noise = [s for b, s in zip(bias, stderr) if math.isfinite(b) and abs(b) <= PAIRED_FLOOR_SE * s]
+    return Curve("weak", tuple(budgets), tuple(abs(b) for b in bias), tuple(stderr),
+                 PAIRED_FLOOR_SE * max(noise, default=0.0), 1.0, (), tuple(notes), tuple(bias), len(x_T), 0.0, fine,
+                 tuple(zip(*left_out)))
 
 
 def strong_error_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, seed: int = 0, t_start=None,

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .convergence import fit, in_band, order_band
+from .convergence import fit, in_band, order_band, slope_order
 from .curves import (
     ORDER_NFES,
     STRONG_NFES,
@@ -23,6 +23,7 @@ from .curves import (
     Curve,
     error_curve,
     g,
+    paired_weak_curve,
     strong_error_curve,
 )
 from .model import Model
@@ -42,6 +43,7 @@ from .sample_checks import (
 
 MIN_SLOPE = 0.5  # convergence: the error still falls at least this fast (log-log) between the two largest budgets
 CONSISTENT = 0.05  # convergence: final RMSE <= CONSISTENT * RMS of the reference solution
+MAX_SLOPE_SE = 0.15  # check_weak_order: a fitted order's Monte-Carlo standard error must be below this
 STRONG_SAMPLES = 1024  # check_solver: paths of the strong-error curve (x_T's first ones; 256 leave local slopes 0.57-1.51)
 
 __all__ = [
@@ -64,9 +66,12 @@ __all__ = [
     "check_order",
     "check_solver",
     "check_strong_order",
+    "check_weak_order",
     "error_curve",
     "format_table",
     "measure_order",
+    "paired_weak_curve",
+    "slope_stderr",
     "strong_error_curve",
     "sweep_budgets",
 ]
@@ -135,6 +140,53 @@ def check_strong_order(solver: str, model: Model | None = None, x_T: torch.Tenso
     return done(Outcome(solver, "strong order", "pass" if ok else "FAIL", detail,
                          f"{curve.table()}\n  local slopes: {slopes}", value=result.order,
                          data={"fit": result, "band": (lo, hi), "curve": curve}))
+
+
+def slope_stderr(curve: Curve) -> float:
+    """Jackknife standard error of a paired weak curve's fitted order: the order over the range `fit` chose
+    (convergence.slope_order) with each group of samples left out in turn; NaN without groups or a fitted range."""
+    result = fit(curve.nfes, curve.errors, curve.floor)
+    if not curve.jackknife or not result.ok:
+        return math.nan
+    keep = [i for i, n in enumerate(curve.nfes) if n in result.nfe]
+    orders = [slope_order([curve.nfes[i] for i in keep], [abs(b[i]) for i in keep]) for b in curve.jackknife]
+    k, mean = len(orders), sum(orders) / len(orders)
+    return math.sqrt((k - 1) / k * sum((p - mean) ** 2 for p in orders))
+
+
+def check_weak_order(solver: str, model: Model | None = None, x_T: torch.Tensor | None = None, nfes=None, *,
+                     f=None, curve: Curve | None = None, max_se: float = MAX_SLOPE_SE, **kw) -> Outcome:
+    """The weak order fitted to paired differences E f(X_n) - E f(X_fine) on the same Brownian paths
+    (solvers.curves.paired_weak_curve) lies in the band of the declared weak order, with a Monte-Carlo (jackknife)
+    standard error below `max_se`.
+
+    f: x -> one value per sample (a smooth test function: |x|^2, the exact log p_{t_end}, ...). kw:
+    paired_weak_curve's (fine, seed, t_start, t_end, timesteps, depth) and the solver's options.
+    """
+    spec = get_solver(solver)
+    options = {k: v for k, v in kw.items() if k in spec.options}
+    if not spec.stochastic(options):
+        return Outcome(solver, "weak order", "n/a", "draws no noise: see check_order")
+    if curve is None and (model is None or x_T is None or f is None):
+        return Outcome(solver, "weak order", "n/a", "give a model, x_T and f (x -> one value per sample)")
+    curve = curve or paired_weak_curve(solver, model, x_T, nfes, f=f, **kw)
+    result = fit(curve.nfes, curve.errors, curve.floor)
+    se = slope_stderr(curve)
+    order = spec.declared_order(options)
+    lo, hi = order_band(order)
+    declared = f"declared {order:g}, band [{lo:g}, {hi:g}]"
+    what = f"weak order (paired with NFE {curve.fine} on {curve.samples:,} Brownian paths)"
+    if result.ok:
+        ok = in_band(result.order, order) and se < max_se  # NaN never is
+        detail = (f"{what} {result.order:.2f} [{result.lo:.2f}, {result.hi:.2f}], Monte-Carlo standard error "
+                  f"{se:.2f}{'' if se < max_se else f' (not below {max_se:g}: more samples)'} over NFE "
+                  f"{result.nfe_range}, {declared}")
+    else:
+        ok, detail = False, f"{what} not measurable: {result.note}; {declared}"
+    slopes = ", ".join(f"{s:.2f}" for s in result.local) or "—"
+    return done(Outcome(solver, "weak order", "pass" if ok else "FAIL", detail,
+                         f"{curve.table()}\n  local slopes: {slopes}", value=result.order,
+                         data={"fit": result, "band": (lo, hi), "curve": curve, "stderr": se}))
 
 
 def _convergence_problems(curve: Curve) -> list[str]:
