@@ -8,7 +8,7 @@ import math
 import torch
 
 from reference_models import ReferenceModel
-from reference_models.guided import CONDITIONAL_MODELS, GUIDANCE_KINDS
+from reference_models.guided import CONDITIONAL_MODELS
 
 DEFAULT_KIND = "cfg"
 

@@ -10,19 +10,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 
 from . import orders
 from .formatting import fmt
-from .plots import solver_colour
+from .plots import (  # plots selects the Agg backend before pyplot is imported
+    plt,
+    solver_colour,
+)
 from .render import Figure, Section, Table
 from .schema import LABELS, quality
-from .sections import _declared_orders, first_hits, hit_nfe, quality_target
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from .sections import declared_orders, first_hits, hit_nfe, quality_target
 
 THRESHOLDED = ":thresholding="  # a solver variant "NAME:thresholding=dynamic" (bench run --solvers)
 MAX_PANELS = 4  # budgets drawn in the error-vs-scale figure
@@ -95,7 +94,7 @@ def _error_vs_scale(b: pd.DataFrame, title: str, path: Path) -> bool:
 
 
 def _order_table(b: pd.DataFrame, base: str, how: str, tol: float) -> list:
-    tab = orders.order_table(b, _declared_orders(b), tol, by=("run", "w"))
+    tab = orders.order_table(b, declared_orders(b), tol, by=("run", "w"))
     if tab.empty:
         return []
     scales = _scales(b)

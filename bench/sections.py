@@ -106,7 +106,7 @@ def summary_section(rows: pd.DataFrame, metrics: dict, groups: pd.DataFrame) -> 
     return sec
 
 
-def _declared_orders(rows: pd.DataFrame) -> dict[str, float]:
+def declared_orders(rows: pd.DataFrame) -> dict[str, float]:
     """Declared orders from the solver registry, for tables that did not record an `order` (imports torch)."""
     if pd.to_numeric(rows["order"], errors="coerce").notna().groupby(rows["solver"]).any().all():
         return {}
@@ -116,7 +116,7 @@ def _declared_orders(rows: pd.DataFrame) -> dict[str, float]:
 
 def order_section(rows: pd.DataFrame, tol: float) -> Section:
     runs = list(dict.fromkeys(rows["run"]))
-    tab = orders.order_table(rows, _declared_orders(rows), tol, by=("run", "group"))
+    tab = orders.order_table(rows, declared_orders(rows), tol, by=("run", "group"))
     sec = Section("Convergence order", [
         "Measured order p: minus the least-squares slope of log(RMSE vs reference) on log(NFE) over the asymptotic "
         f"range detected from the data (bench/orders.py: neighbouring local slopes within {orders.SLOPE_TOL:g} of "

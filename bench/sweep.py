@@ -7,6 +7,10 @@ solution. Fixed-budget solvers get one cell per NFE; adaptive solvers (rk45, dpm
 take tolerances, not a budget, and get one cell per group at their default tolerances (nfe <NA>,
 nfe_used measured).
 
+Guided cells (`Sweep.guidance`, `bench run --guidance`) form groups of their own per (scale, kind): the model is
+guided (ReferenceModel.guided), each sample gets a class label from (seed, sample index), the same for every solver
+and batch, and the group has its own reference solution.
+
 Stochastic cells draw their noise from one Brownian path per sample (solvers.brownian_paths, seeded from (seed,
 sample index)); their error_rmse / error_max are strong errors, against Euler-Maruyama at STRONG_STEPS uniform
 steps on the same paths from the same x_T (computed once per group; its RMSE estimated against STRONG_STEPS / 2);
@@ -432,7 +436,8 @@ def run_cell(cell: Cell, group: Group, warmed: set, sweep: Sweep) -> dict | None
     options = spec.resolve_options(given)
     stochastic = spec.stochastic(options)
     row = {**cell.identity(), "run_id": sweep.run_id, "kind": "sde" if stochastic else "ode",
-           "order": float(spec.declared_order(options)), "timesteps": "adaptive" if spec.adaptive else spec.grid_for(cell.schedule),
+           "order": float(spec.declared_order(options)),
+           "timesteps": "adaptive" if spec.adaptive else spec.grid_for(cell.schedule),
            "options": json.dumps(options, sort_keys=True), "samples": group.n, "device": str(world.device),
            "repeats": sweep.repeats}
     if cell.nfe is not None and not spec.budgets([cell.nfe], options):
