@@ -23,20 +23,10 @@ from .group_rows import read_group_rows
 from .guidance_report import guidance_section
 from .render import Section, render_html, render_md
 from .report_input import FORMATS, ReportError, load_run, parse_formats
-from .schema import headline_metric
 from .screenshot import TALL, find_chromium, parse_size, screenshot
-from .sections import (
-    equivalence_section,
-    failures_section,
-    implementations_section,
-    order_section,
-    pareto_section,
-    provenance_section,
-    recommendation_section,
-    summary_section,
-    target_section,
-    timing_section,
-)
+from .schema import headline_metric
+from .sections import (equivalence_section, failures_section, implementations_section, order_section, pareto_section,
+                       provenance_section, recommendation_section, summary_section, target_section, timing_section)
 
 DEFAULT_TOLERANCE = 0.1
 

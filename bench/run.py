@@ -19,15 +19,7 @@ import pandas as pd
 from reference_models.guided import CONDITIONAL_MODELS, GUIDANCE_KINDS
 
 from . import guidance, plugins, schema
-from .cli import (
-    MAX_SEED,
-    integer,
-    integers,
-    model_specs,
-    names,
-    solver_names,
-    writable_dir,
-)
+from .cli import MAX_SEED, integer, integers, model_specs, names, solver_names, writable_dir
 from .model_specs import DATA_RANGES
 from .references import reference_choice
 
