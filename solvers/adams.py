@@ -16,6 +16,7 @@ import torch
 
 from .exponential import History, noise_step, step_order
 from .model import Model
+from .options import one_of
 from .registry import solver
 
 STARTS = ("lower_order", "singlestep")
@@ -97,11 +98,9 @@ def _run(model: Model, x, grid, order: int, lower_order_final: bool, start: str,
 
 def _check(opts: dict, orders: range, extra: dict):
     """order in `orders`, start in STARTS, each of `extra` (option -> valid values); singlestep needs order >= 3."""
-    if opts["order"] not in orders:
-        raise ValueError(f"order must be one of {', '.join(map(str, orders))}, got {opts['order']!r}")
+    one_of(opts, "order", orders)
     for key, valid in {"start": STARTS, **extra}.items():
-        if opts[key] not in valid:
-            raise ValueError(f"{key} must be one of {', '.join(valid)}, got {opts[key]!r}")
+        one_of(opts, key, valid)
     if opts["start"] == "singlestep" and opts["order"] < 3:
         raise ValueError(f"start='singlestep' is an order-preserving start for order 3 or more, got order "
                          f"{opts['order']}; use start='lower_order'")

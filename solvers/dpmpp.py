@@ -11,7 +11,7 @@ import torch
 
 from .exponential import History, data_step, multistep_update, step_order
 from .model import Model
-from .options import check_thresholding
+from .options import check_thresholding, one_of
 from .registry import solver
 from .thresholding import thresholded
 
@@ -82,10 +82,8 @@ def dpmpp_2m(model: Model, x, grid, *, lower_order_final: bool = True, threshold
 
 def _check_3m(opts):
     check_thresholding(opts)
-    if opts["start"] not in STARTS:
-        raise ValueError(f"start must be one of {', '.join(STARTS)}, got {opts['start']!r}")
-    if opts["curvature"] not in CURVATURES:
-        raise ValueError(f"curvature must be one of {', '.join(CURVATURES)}, got {opts['curvature']!r}")
+    one_of(opts, "start", STARTS)
+    one_of(opts, "curvature", CURVATURES)
 
 
 def _three_m_steps(nfe: int, options: dict) -> int:

@@ -42,6 +42,12 @@ def check_type(name: str, value, default) -> None:
         raise ValueError(f"option {name} must be {what} (its default is {default!r}), got {value!r}")
 
 
+def one_of(options: dict, name: str, valid) -> None:
+    """A ValueError naming the valid values unless options[name] is one of `valid`."""
+    if options[name] not in valid:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, valid))}, got {options[name]!r}")
+
+
 def check_positive(options: dict, names) -> None:
     """`positive` on each of `names` in `options`."""
     for name in names:
@@ -69,8 +75,7 @@ def check_cap(solver: str, needed: int, max_nfe: int, t: float) -> None:
 def check_thresholding(options: dict) -> None:
     """The thresholding options of the data-prediction solvers (solvers.thresholding): `thresholding` one of
     none/static/dynamic, `threshold_ratio` in (0, 1], `threshold_max` > 0."""
-    if options["thresholding"] not in THRESHOLDINGS:
-        raise ValueError(f"thresholding must be one of {', '.join(THRESHOLDINGS)}, got {options['thresholding']!r}")
+    one_of(options, "thresholding", THRESHOLDINGS)
     ratio = options["threshold_ratio"]
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
         raise ValueError(f"threshold_ratio must be a number in (0, 1], got {ratio!r}")

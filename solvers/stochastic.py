@@ -17,7 +17,7 @@ from .exponential import PHI, History, step_order
 from .grids import make_grid
 from .model import Model
 from .noise import increment_normal, randn_like
-from .options import check_thresholding, non_negative, positive_int
+from .options import check_thresholding, non_negative, one_of, positive_int
 from .registry import get_solver, list_solvers, solver
 from .schedules import Coefficients
 from .sde import forward_step
@@ -63,8 +63,7 @@ def _check_eta(opts):
 
 def _check_2m_sde(opts):
     _check_eta(opts)
-    if opts["solver_type"] not in SOLVER_TYPES:
-        raise ValueError(f"solver_type must be one of {', '.join(SOLVER_TYPES)}, got {opts['solver_type']!r}")
+    one_of(opts, "solver_type", SOLVER_TYPES)
 
 
 @solver("dpmpp_2m_sde", kind="sde", weak_order=2, strong_order=1, nfe_per_step=1, default_grid="logsnr",

@@ -18,7 +18,7 @@ import torch
 
 from .exponential import PHI, History, data_step, phi_1, step_order
 from .model import Model
-from .options import check_thresholding
+from .options import check_thresholding, one_of
 from .registry import solver
 from .thresholding import thresholded
 
@@ -75,12 +75,8 @@ def _midpoint_step(model: Model, x, s, t, m0, variant: str, x0_fn):
 
 def _check(opts):
     check_thresholding(opts)
-    if opts["variant"] not in VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {opts['variant']!r}")
-    if opts["order"] not in ORDERS:
-        raise ValueError(f"order must be one of {', '.join(map(str, ORDERS))}, got {opts['order']!r}")
-    if opts["start"] not in STARTS:
-        raise ValueError(f"start must be one of {', '.join(STARTS)}, got {opts['start']!r}")
+    for key, valid in (("variant", VARIANTS), ("order", ORDERS), ("start", STARTS)):
+        one_of(opts, key, valid)
 
 
 def _singlestep(options: dict) -> bool:
