@@ -43,9 +43,13 @@ def row_group_dir(run_dir, row, seed=None) -> Path:
                      row.get("guidance_kind"), row.get("guidance"))
 
 
+def cell_name(solver: str, nfe) -> str:
+    """A cell's file name in its group's directory."""
+    return _safe(f"{solver}-nfe{'auto' if nfe is None else int(nfe)}.safetensors")
+
+
 def cell_path(run_dir, model, schedule, prediction, seed, solver: str, nfe, guidance_kind=None, guidance=None) -> Path:
-    name = f"{solver}-nfe{'auto' if nfe is None else int(nfe)}.safetensors"
-    return group_dir(run_dir, model, schedule, prediction, seed, guidance_kind, guidance) / _safe(name)
+    return group_dir(run_dir, model, schedule, prediction, seed, guidance_kind, guidance) / cell_name(solver, nfe)
 
 
 def _missing(value) -> bool:
@@ -123,7 +127,7 @@ def drawn_samples(run_dir, rows) -> tuple[dict, torch.Tensor | None, bool] | Non
     cells = {}
     for _, c in ok[ok["seed"] == seed].sort_values("nfe", na_position="last").iterrows():
         nfe = None if pd.isna(c["nfe"]) else int(c["nfe"])
-        got = load_cell(gdir / _safe(f"{c['solver']}-nfe{'auto' if nfe is None else nfe}.safetensors"))
+        got = load_cell(gdir / cell_name(c["solver"], nfe))
         if got is not None and got[1] is not None:
             cells[(c["solver"], "adaptive" if nfe is None else str(nfe))] = got[1]
     image = evaluator.family == "image"

@@ -128,14 +128,13 @@ def solver_names(valid):
 
     def parse(text: str) -> list[str]:
         items = [s.strip() for s in text.split(",") if s.strip()]
-        variants = [s for s in items if ":" in s]
-        known = plain(",".join(s.split(":")[0] for s in items)) if items != ["all"] else plain(text)
         if items == ["all"]:
-            return known
+            return plain(text)
+        plain(",".join(s.split(":")[0] for s in items))  # an unknown name: the list of valid ones
         from .solver_variants import variant
-        for s in variants:
+        for s in items:
             try:
-                variant(s)
+                variant(s)  # a variant's options, checked by the solver's registry entry
             except ValueError as e:
                 raise argparse.ArgumentTypeError(str(e)) from None
         return list(dict.fromkeys(items))

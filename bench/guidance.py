@@ -70,7 +70,7 @@ def label_classifier(ref: ReferenceModel, cache_dir=None, device: str = "cpu"):
                 return ref.mixture.class_log_posterior(x.double().cpu(), sched, sched.default_t_end).argmax(1)
         return exact
     if ref.metric == "image" and tuple(ref.shape) == (1, 8, 8):
-        from reference_models.features import digit_labels
+        from reference_models.features import digit_labeller
 
-        return lambda x: digit_labels(x, cache_dir=cache_dir, device=device)
+        return digit_labeller(cache_dir=cache_dir, device=device)
     return None

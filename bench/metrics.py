@@ -51,8 +51,7 @@ def exact_log_likelihood(ref_model: ReferenceModel, seed: int, n: int = NLL_EXAC
     sched, mix = ref_model.schedule, ref_model.mixture
     gen = torch.Generator().manual_seed(10_007 * seed + 17)
     labels = torch.randint(0, mix.num_classes, (n,), generator=gen) if conditional else None
-    draws = mix.sample(n, gen, schedule=sched, t=sched.default_t_end, dtype=torch.float64,
-                       **({} if labels is None else {"labels": labels}))
+    draws = mix.sample(n, gen, schedule=sched, t=sched.default_t_end, dtype=torch.float64, labels=labels)
     lp = log_density(ref_model, draws, labels)
     return np.array([lp.mean(), lp.var(ddof=1), float(n)])
 
@@ -209,7 +208,7 @@ class Evaluator:
             if METRICS[m].interval == "stderr":
                 value, lo, hi = intervals.normal(*self.stderr(obs, m))
             elif METRICS[m].interval == "wilson":  # label_error: misses out of n
-                misses, n = int(round(float((1 - obs.label_ok).sum()))), len(obs.label_ok)
+                misses, n = round(float((1 - obs.label_ok).sum())), len(obs.label_ok)
                 value, (lo, hi) = misses / n, wilson_interval(misses, n)
             else:
                 value, lo, hi = intervals.bootstrap(self.statistic(obs, m), obs.n, seed)

@@ -288,10 +288,9 @@ class Group:
             sources["reference"] = (ref_obs, self.reference_note)
         for source, (obs, note) in sources.items():
             if source == "data" and exact is not None:  # the NLL gap's floor: exact draws against exact draws
-                labels = self.all_labels
                 obs.log_p = metrics.log_density(self.ref, self.ref.mixture.sample(
                     self.n, self._floor_gen, schedule=self.ref.schedule, t=self.ref.schedule.default_t_end,
-                    dtype=torch.float64, **({} if labels is None else {"labels": labels})), labels)
+                    dtype=torch.float64, labels=self.all_labels), self.all_labels)
             values = self.evaluator.measure(obs, self.seed)
             self.rows += [{**dict(zip(schema.GROUP_KEYS, self.cell.group)), "source": source, "metric": m,
                            "value": values[m], "lo": values[schema.bounds(m)[0]], "hi": values[schema.bounds(m)[1]],
@@ -594,7 +593,7 @@ def _open_group(sweep, cells, world, run_dir, loader, progress, bar) -> tuple[Gr
     bar.set_postfix_str(f"{cells[0].model}/{cells[0].schedule} seed={cells[0].seed}: loading")
     bar.clear()
     try:
-        needs_ref = any(not variant(c.solver)[0].stochastic(variant(c.solver)[1]) for c in cells)
+        needs_ref = any(not spec.stochastic(given) for spec, given in (variant(c.solver) for c in cells))
         group, error = Group(sweep, cells[0], world, run_dir, loader, progress, needs_ref), None
     except Exception as e:
         group, error = None, f"loading {cells[0].model} failed: {type(e).__name__}: {e}"

@@ -278,22 +278,24 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def digit_labels(x: torch.Tensor, cache_dir=None, device="cpu") -> torch.Tensor:
-    """The digits classifier's label (B,) of each digit `x` (B, 1, 8, 8) in [-1, 1] (clamped to it). Trains the
-    classifier first if it is not cached."""
-    if x.ndim != 4 or tuple(x.shape[1:]) != digits.SHAPE:
-        raise ValueError(f"the digits classifier takes digits (B, 1, 8, 8), got {tuple(x.shape)}")
-    net, _ = load_classifier(cache_dir, progress=False)
-    net = net.to(device)
-    with torch.no_grad():
-        return net(x.detach().to(device=device, dtype=torch.float32).clamp(-1, 1)).argmax(1).cpu()
+def digit_labeller(cache_dir=None, device="cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+    """digits (B, 1, 8, 8) in [-1, 1] (clamped to it) -> the digits classifier's label (B,) of each; the classifier is
+    loaded once (trained first if it is not cached)."""
+    net = load_classifier(cache_dir, progress=False)[0].to(device)
+
+    def labels(x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or tuple(x.shape[1:]) != digits.SHAPE:
+            raise ValueError(f"the digits classifier takes digits (B, 1, 8, 8), got {tuple(x.shape)}")
+        with torch.no_grad():
+            return net(x.detach().to(device=device, dtype=torch.float32).clamp(-1, 1)).argmax(1).cpu()
+    return labels
 
 
 def label_accuracy(x: torch.Tensor, labels: torch.Tensor, cache_dir=None, device="cpu") -> tuple[float, float, float]:
     """(accuracy, lo, hi): the fraction of digits `x` (B, 1, 8, 8) in [-1, 1] that the digits classifier assigns to
-    their intended `labels` (B,) (digit_labels), with its 95% Wilson interval."""
+    their intended `labels` (B,) (digit_labeller), with its 95% Wilson interval."""
     if labels.shape != (len(x),):
         raise ValueError(f"label_accuracy takes digits (B, 1, 8, 8) and labels (B,), got {tuple(x.shape)} and "
                          f"{tuple(labels.shape)}")
-    k = int((digit_labels(x, cache_dir, device) == labels.detach().cpu()).sum())
+    k = int((digit_labeller(cache_dir, device)(x) == labels.detach().cpu()).sum())
     return (k / len(x) if len(x) else float("nan"), *wilson_interval(k, len(x)))
