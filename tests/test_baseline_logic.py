@@ -74,6 +74,19 @@ def test_stochastic_bias_rising_by_more_than_3_se_regresses(problem):
     assert C.failures(C.compare(spread, base)).empty  # the reverse is an improvement
 
 
+@pytest.mark.parametrize("solver,nfe,options", [("euler_maruyama", 100, ()), ("dpmpp_2m_sde", 100, ()),
+                                                 ("restart", 50, ()), ("ddim", 5, (("eta", 1.0),))])
+def test_small_change_of_a_stochastic_solver_is_caught(problem, solver, nfe, options):
+    """An output scaled by 1 + 1e-4 moves the biases by 0.007-0.03 standard errors (far inside 3) and the strong error
+    by under 1%; on the baseline's own x_T and Brownian paths that is a changed output, and fails."""
+    base = measured(problem, solver, nfe, options=options)
+    now = measured(problem, solver, nfe, run=perturbed_output, options=options)
+    cmp = C.compare(base, now).set_index("metric")
+    assert cmp.loc["bias_sq_norm", "status"] == "changed", cmp
+    assert not C.failures(cmp).empty and set(cmp["status"]) <= {"same", "moved", "changed"}, cmp
+    assert (C.compare(base, measured(problem, solver, nfe, options=options))["status"] == "same").all()
+
+
 def test_a_stochastic_solver_off_its_brownian_paths_regresses_through_the_strong_error(problem):
     """Noise from another source has the same law (biases within their standard errors) but not the same paths: the
     strong error against Euler-Maruyama at 4096 steps on the baseline's paths rises far above 1%."""
@@ -118,7 +131,9 @@ def test_deterministic_rule_is_one_percent_plus_1e_12():
 
 def test_stochastic_rule_is_three_standard_errors_on_the_size_of_the_bias():
     b = [row("bias_logp", -0.5, 0.1, "euler_maruyama")]
-    assert status(b, [row("bias_logp", -0.79, 0.1, "euler_maruyama")]) == ["moved"]
+    assert status(b, [row("bias_logp", -0.79, 0.1, "euler_maruyama")]) == ["changed"]  # same paths, other output
+    assert status(b, [row("bias_logp", -0.5 - 0.99e-4, 0.1, "euler_maruyama")]) == ["moved"]  # < 1e-3 se: rounding
+    assert status(b, [row("bias_logp", -0.5 + 1.01e-4, 0.1, "euler_maruyama")]) == ["changed"]
     assert status(b, [row("bias_logp", -0.81, 0.1, "euler_maruyama")]) == ["regressed"]
     assert status(b, [row("bias_logp", 0.81, 0.1, "euler_maruyama")]) == ["regressed"]  # sign flips count
     assert status(b, [row("bias_logp", 0.1, 0.1, "euler_maruyama")]) == ["improved"]
@@ -201,7 +216,7 @@ def test_clean_comparison_prints_only_a_one_line_summary():
     base = [row(value=1.0, nfe=n) for n in (5, 10, 20)]
     now = [row(value=1.001, nfe=n) for n in (5, 10, 20)]  # all moved within 1%: nothing failed
     text = C.format_comparison(C.compare(S.table(base), S.table(now)))
-    assert text == "0 same, 3 moved, 0 improved, 0 regressed, 0 missing, 0 new; no regression"
+    assert text == "0 same, 3 moved, 0 improved, 0 regressed, 0 changed, 0 missing, 0 new; no regression"
 
 
 def test_failing_comparison_prints_only_the_failing_rows():
@@ -210,7 +225,7 @@ def test_failing_comparison_prints_only_the_failing_rows():
     lines = C.format_comparison(C.compare(S.table(base), S.table(now))).splitlines()
     assert len(lines) == 1 + 3 + 1  # header, regressed, missing, new, summary
     assert [line.split()[-1] for line in lines[1:4]] == ["x2", "measured", "--update`"]  # the notes, failures only
-    assert lines[-1] == "0 same, 1 moved, 0 improved, 1 regressed, 1 missing, 1 new; 3 FAILED (regressed, missing or new)"
+    assert lines[-1] == "0 same, 1 moved, 0 improved, 1 regressed, 0 changed, 1 missing, 1 new; 3 FAILED (regressed, changed, missing or new)"
 
 
 def test_update_then_compare_passes_end_to_end(tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 Each (model, schedule) is measured afresh (every registered solver, every valid NFE in 5..100) and
 compared by `bench.baseline_compare.compare`: an error above baseline * 1.01 + 1e-12, a stochastic bias
-whose size rises by more than 3 standard errors, or a measured order below its band fails. After an
+whose size rises by more than 3 standard errors (or moves by more than 1e-3 of one without falling by 3: on the
+same x_T and Brownian paths the output changed), or a measured order below its band fails. After an
 intended change, rewrite the baselines with `python -m bench baseline --update` and commit them.
 """
 import itertools
