@@ -13,7 +13,10 @@ every noise source a user can pass as `generator=`:
 Rounds alternate between the deterministic run and each stochastic one, so a slow spell of the shared machine
 hits all; a ratio is the median over rounds of (stochastic / deterministic) within the round.
 
-    python benchmarks/noise_cost.py [--nfe 10,50] [--rounds 15] [--threads 1] [--device cpu|cuda]
+    python benchmarks/noise_cost.py [--nfe 10,50] [--rounds 15] [--threads 1] [--device cpu|cuda] [--shape 1,8,8]
+
+--shape sets a sample's shape (default 1x8x8, the digits'; 2 is gmm2d's): the smaller the sample, the more a step
+is per-call overhead rather than arithmetic, and the less its normals weigh.
 """
 from __future__ import annotations
 
@@ -35,11 +38,12 @@ PAIRS = (  # stochastic solver, its options, deterministic counterpart, its opti
     ("dpmpp_2m_sde", {}, "dpmpp_2m", {}),
     ("edm_sde", {"s_churn": 40.0}, "heun", {}),  # s_churn = 0 (the default) draws no noise
 )
-SOURCES = {  # noise source name -> (per-sample seeds, device) -> generator
-    "torch.Generator": lambda seeds, dev: torch.Generator(device=dev).manual_seed(0),
-    "per-sample generators": lambda seeds, dev: per_sample_generators(seeds, device=dev),
-    "seeded_noise": lambda seeds, dev: seeded_noise(seeds, SHAPE, dtype=torch.float32, device=dev),
-    "brownian_paths": lambda seeds, dev: brownian_paths(seeds, SHAPE, T_END, 1.0, dtype=torch.float32, device=dev),
+SOURCES = {  # noise source name -> (per-sample seeds, sample shape, device) -> generator
+    "torch.Generator": lambda seeds, shape, dev: torch.Generator(device=dev).manual_seed(0),
+    "per-sample generators": lambda seeds, shape, dev: per_sample_generators(seeds, device=dev),
+    "seeded_noise": lambda seeds, shape, dev: seeded_noise(seeds, shape, dtype=torch.float32, device=dev),
+    "brownian_paths": lambda seeds, shape, dev: brownian_paths(seeds, shape, T_END, 1.0, dtype=torch.float32,
+                                                               device=dev),
 }
 
 
@@ -75,9 +79,10 @@ def run(solver: str, options: dict, x_T, nfe: int, generator=None) -> float:
     return wall / nfe
 
 
-def measure(nfes=(10, 50), rounds: int = 15, sources=tuple(SOURCES), device: str = "cpu") -> list[dict]:
+def measure(nfes=(10, 50), rounds: int = 15, sources=tuple(SOURCES), device: str = "cpu",
+            shape: tuple[int, ...] = SHAPE) -> list[dict]:
     """One row per (pair, NFE, noise source): deterministic and stochastic microseconds per evaluation, and the ratio."""
-    x_T = torch.randn(BATCH, *SHAPE, generator=torch.Generator().manual_seed(0)).to(device)
+    x_T = torch.randn(BATCH, *shape, generator=torch.Generator().manual_seed(0)).to(device)
     seeds = list(range(BATCH))
     rows = []
     for sto, sto_opts, det, det_opts in pairs():
@@ -87,7 +92,7 @@ def measure(nfes=(10, 50), rounds: int = 15, sources=tuple(SOURCES), device: str
             for _ in range(rounds):
                 times["det"].append(run(det, det_opts, x_T, nfe))
                 for s in sources:
-                    times[s].append(run(sto, sto_opts, x_T, nfe, SOURCES[s](seeds, device)))
+                    times[s].append(run(sto, sto_opts, x_T, nfe, SOURCES[s](seeds, shape, device)))
             d = times["det"]
             for s in sources:
                 ratios = [a / b for a, b in zip(times[s], d)]
@@ -97,9 +102,9 @@ def measure(nfes=(10, 50), rounds: int = 15, sources=tuple(SOURCES), device: str
     return rows
 
 
-def format_rows(rows: list[dict], device: str = "cpu") -> str:
+def format_rows(rows: list[dict], device: str = "cpu", shape: tuple[int, ...] = SHAPE) -> str:
     where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{torch.get_num_threads()} thread(s)"
-    out = [f"identity model, batch {BATCH} x {'x'.join(map(str, SHAPE))} float32, {where}; "
+    out = [f"identity model, batch {BATCH} x {'x'.join(map(str, shape))} float32, {where}; "
            "microseconds per evaluation (median over rounds)",
            f"{'pair':30s} {'NFE':>4s} {'noise source':22s} {'det':>7s} {'stoch':>8s} {'ratio':>7s}"]
     out += [f"{r['pair']:30s} {r['nfe']:4d} {r['source']:22s} {r['det_us']:7.0f} {r['sto_us']:8.0f} {r['ratio']:6.2f}x"
@@ -113,10 +118,15 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (timings synchronised)")
+    p.add_argument("--shape", default=",".join(map(str, SHAPE)), help="a sample's shape, e.g. 1,8,8 (default) or 2")
     args = p.parse_args(argv)
+    parts = args.shape.split(",")
+    if not all(n.strip().isdigit() and int(n) > 0 for n in parts):
+        p.error(f"--shape takes positive integers separated by commas (e.g. 1,8,8 or 2), got {args.shape!r}")
+    shape = tuple(int(n) for n in parts)
     torch.set_num_threads(args.threads)
-    rows = measure(tuple(int(n) for n in args.nfe.split(",")), args.rounds, device=args.device)
-    print(format_rows(rows, args.device))
+    rows = measure(tuple(int(n) for n in args.nfe.split(",")), args.rounds, device=args.device, shape=shape)
+    print(format_rows(rows, args.device, shape))
 
 
 if __name__ == "__main__":

@@ -27,16 +27,19 @@ from collections.abc import Sequence
 
 import torch
 
-from .counter import GOLDEN, CounterNormals, mix, mix_int, signed
+from .counter import CHUNK, GOLDEN, CounterNormals, mix, mix_int, signed
 
 DEPTH = 16  # levels of the dyadic tree: leaves of (t1 - t0) / 65536
 _FRESH = 0x2545F4914F6CDD1D  # salt of the fresh-draw stream
-AHEAD = 4  # fresh draws computed per call
+AHEAD = 4  # fresh draws computed per call, at first; small draws more as they are used (see SeededNoise)
 
 class SeededNoise:
     """Fresh standard normals per sample, a counter-based hash of (seed, draw): the vectorised form of one generator per
     sample (no Python loop over the batch). Pass as `generator=`; build it with `seeded_noise`. No Brownian path:
-    `increment` is a fresh draw too. Draws are computed AHEAD at a time (one call's overhead and cache warm-up for 4).
+    `increment` is a fresh draw too. Draws are computed AHEAD (4) at a time; where they are small (a 2-D batch of
+    256 is 512 normals, less work than a call's ~50 us of overhead) a quarter of a CHUNK of hashes at first, then as
+    many as were used so far, up to one CHUNK or 64 draws: a short run computes at most a quarter-CHUNK more than it
+    uses, a long one a few calls in all.
     """
 
     def __init__(self, seeds: Sequence[int], shape, *, dtype=torch.float64, device="cpu"):
@@ -47,6 +50,7 @@ class SeededNoise:
         self.size = math.prod(self.shape)
         keys = mix(torch.tensor([signed(s) for s in seeds], dtype=torch.int64))
         self._normals = CounterNormals(keys, (self.size + 1) // 2, self.device)
+        self._per_call = max(AHEAD, min(64, CHUNK // (len(seeds) * ((self.size + 1) // 2))))
         self._fresh = 0  # fresh draws so far
         self._ahead: list[torch.Tensor] = []  # the next fresh draws, drawn in one call
 
@@ -66,8 +70,9 @@ class SeededNoise:
 
     def randn(self) -> torch.Tensor:
         """Fresh standard normals (B, *shape), one draw per call: noise that is not a Brownian increment."""
-        if not self._ahead:  # draw AHEAD at once: draw k is a hash of k, whenever it is computed
-            self._ahead = self._normals_of([signed(_FRESH + (self._fresh + k) * GOLDEN) for k in range(AHEAD, 0, -1)])
+        if not self._ahead:  # several draws at once: draw k is a hash of k, whenever it is computed
+            k = max(AHEAD, self._per_call // 4, min(self._per_call, self._fresh))
+            self._ahead = self._normals_of([signed(_FRESH + (self._fresh + j) * GOLDEN) for j in range(k, 0, -1)])
         self._fresh += 1
         return self._ahead.pop()
 

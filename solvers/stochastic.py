@@ -155,18 +155,23 @@ def edm_sde(model: Model, x, grid, *, generator=None, s_churn: float = 0.0, s_tm
     times = grid.tolist()
     alpha = sched.alpha(grid).tolist()
     s = torch.exp(-sched.lambda_(grid)).tolist()
-    gamma_max = min(s_churn / (len(times) - 1), math.sqrt(2.0) - 1.0)
+    n = len(times) - 1
+    gamma_max = min(s_churn / n, math.sqrt(2.0) - 1.0)
     s_top = math.exp(-sched.at(sched.T).lam)  # the schedule ends at T: s_hat goes no higher
+    churn = [i for i in range(n) if gamma_max > 0 and s_tmin <= s[i] <= s_tmax and s[i] < s_top]
+    t_hat, a_hat, s_hat, jump = times[:n], alpha[:n], s[:n], [0.0] * n  # no churn: the grid's own
+    if churn:  # the raised levels, their times and alphas, for every churned step at once (float64)
+        raised = torch.tensor([min((1.0 + gamma_max) * s[i], s_top) for i in churn], dtype=torch.float64)
+        t_raised = sched.t_of_lambda(-torch.log(raised))
+        for i, t_i, a_i, s_i in zip(churn, t_raised.tolist(), sched.alpha(t_raised).tolist(), raised.tolist()):
+            t_hat[i], a_hat[i], s_hat[i] = t_i, a_i, s_i
+            jump[i] = s_noise * math.sqrt(s_i * s_i - s[i] * s[i])
     y = x / alpha[0]
-    for i in range(len(times) - 1):
-        t_hat, a_hat, s_hat = times[i], alpha[i], s[i]
-        if gamma_max > 0 and s_tmin <= s[i] <= s_tmax and s[i] < s_top:
-            s_hat = min((1.0 + gamma_max) * s[i], s_top)
-            t_hat = _t_at_s(sched, s_hat)
-            a_hat = float(sched.alpha(t_hat))
-            y = y + (s_noise * math.sqrt(s_hat * s_hat - s[i] * s[i])) * randn_like(y, generator)
-        ds = s[i + 1] - s_hat
-        d = model.eps(a_hat * y, t_hat)
+    for i in range(n):
+        if jump[i]:
+            y = y + jump[i] * randn_like(y, generator)
+        ds = s[i + 1] - s_hat[i]
+        d = model.eps(a_hat[i] * y, t_hat[i])
         y_next = y + ds * d
         d_next = model.eps(alpha[i + 1] * y_next, times[i + 1])
         y = y + (0.5 * ds) * (d + d_next)
