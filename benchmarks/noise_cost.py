@@ -11,7 +11,9 @@ every noise source a user can pass as `generator=`:
     brownian_paths        solvers.brownian_paths(seeds, shape, t_end, T): one Brownian path per sample
 
 Rounds alternate between the deterministic run and each stochastic one, so a slow spell of the shared machine
-hits all; a ratio is the median over rounds of (stochastic / deterministic) within the round.
+hits all; a ratio is the median over rounds of (stochastic / deterministic) within the round. Every run shares one
+schedule, whose coefficients at the grid's times are memoised on the warm-up run: the steady cost of a sampler used
+again, not the first call's (a fresh schedule adds ~70 us per grid time to both sides and flatters the ratio).
 
     python benchmarks/noise_cost.py [--nfe 10,50] [--rounds 15] [--threads 1] [--device cpu|cuda] [--shape 1,8,8]
 
@@ -67,9 +69,12 @@ def _sync(x) -> None:
         torch.cuda.synchronize(x.device)
 
 
+SCHEDULE = VPSchedule.linear()  # one schedule for every run: its coefficients at the grid times are memoised once
+
+
 def run(solver: str, options: dict, x_T, nfe: int, generator=None) -> float:
     """Seconds per evaluation of one sampling call (the budget checked exactly; CUDA synchronised)."""
-    model = Model(identity, VPSchedule.linear(), prediction="eps")
+    model = Model(identity, SCHEDULE, prediction="eps")
     _sync(x_T)
     start = time.perf_counter()
     sample(model, x_T, solver, nfe=nfe, t_end=T_END, generator=generator, **options)
