@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's solvers, not an installed copy's
 from solvers import Model, get_solver, list_solvers, sample
 
 NFES = (10, 50)

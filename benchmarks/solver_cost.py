@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's solvers, not an installed copy's
 from solvers import Model, VPSchedule, sample
 
 PAIRS = (  # ours, our options, diffusers' scheduler, its options
