@@ -36,13 +36,18 @@ PAIRED_DEPTH = 24  # Brownian tree depth of a paired curve: the fine reference's
 JACKKNIFE_GROUPS = 20  # paired weak error: groups of samples left out in turn (the slope's Monte-Carlo error)
 
 
-def paired_nfes(order: float) -> tuple[int, ...]:
-    """Default budgets of a paired weak curve for declared weak order p: four doublings from 2^(7 - 2p) (rounded to a
-    power of 2, at least 2): 32-256 for p = 1, 8-64 for p = 2. A higher order reaches its asymptotic range at smaller
-    budgets, and its bias falls into the Monte-Carlo noise sooner (gmm2d: euler_maruyama 1.04 over 32-256,
-    dpmpp_2m_sde 2.4 over 8-64)."""
+def paired_nfes(order: float, per_step: int = 1) -> tuple[int, ...]:
+    """Default budgets of a paired weak curve for declared weak order p and `per_step` evaluations per step: four
+    doublings from 2^(7 - 2p) steps (rounded to a power of 2, at least 2): 32-256 steps for p = 1, 8-64 for p = 2.
+    A higher order reaches its asymptotic range in fewer steps, and its bias falls into the Monte-Carlo noise sooner
+    (gmm2d: euler_maruyama 1.04 over 32-256, dpmpp_2m_sde 2.4 over 8-64, heun-based samplers near 2 from 16 steps)."""
     low = 2 ** max(1, round(7 - 2 * float(order)))
-    return tuple(low * 2 ** k for k in range(4))
+    return tuple(low * 2 ** k * per_step for k in range(4))
+
+
+def evaluations_per_step(spec, options: dict) -> int:
+    """Evaluations a step of `spec` costs (solvers with a steps_for_nfe rule: as spent at a budget of 64)."""
+    return spec.evaluations_per_step(options) or max(1, round(64 / spec.steps(64, options)))
 
 
 def g(v: float) -> str:
@@ -179,7 +184,7 @@ def paired_weak_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *
                       seed: int = 0, t_start=None, t_end=None, timesteps=None, depth: int = PAIRED_DEPTH,
                       **options) -> Curve:
     """Weak error E f(X_n) - E f(X_fine) at each budget n of `nfes` (default `paired_nfes` of the declared weak
-    order), as the mean of paired differences on the same
+    order and the solver's evaluations per step), as the mean of paired differences on the same
     Brownian path per sample (seeds `path_seeds(seed, len(x_T))`) from the same x_T, X_fine the same solver at
     `fine` NFE (default PAIRED_FINE x the largest budget): a control variate, whose standard error is the std of the
     differences / sqrt(N), not that of f.
@@ -193,7 +198,8 @@ def paired_weak_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *
     if not spec.stochastic(options):
         raise ValueError(f"solver {solver!r} draws no noise: use error_curve (RMSE against the ODE reference)")
     t_start, t_end = ends(model, t_start, t_end, timesteps)
-    nfes = paired_nfes(spec.declared_order(options)) if nfes is None else tuple(nfes)
+    nfes = paired_nfes(spec.declared_order(options), evaluations_per_step(spec, options)) if nfes is None else (
+        tuple(nfes))
     budgets = spec.budgets(nfes, options)
     if not budgets:
         raise ValueError(f"solver {solver!r} accepts none of the budgets {nfes}")
