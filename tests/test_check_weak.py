@@ -1,6 +1,7 @@
 """The paired weak order of `python -m bench check` and `solvers.testing.check_solver(..., weak_f=...)`: a sampler
 whose weak order on E log p against exact draws was lost in the Monte-Carlo noise is measured in its band, with a
-jackknife standard error below 0.15; a sampler declared one weak order too high is caught.
+jackknife standard error below 0.15; a sampler declared one weak order too high is caught; where the paired curve
+cannot be fitted the unpaired one gives the weak order.
 """
 import pytest
 import torch
@@ -9,7 +10,7 @@ from bench import check as bench_check
 from bench.check import paired_paths
 from reference_models import load
 from solvers import get_solver, solver, testing
-from solvers.curves import PAIRED_FINE, paired_nfes
+from solvers.curves import PAIRED_FINE, Curve, paired_nfes
 
 F64 = torch.float64
 
@@ -71,3 +72,19 @@ def test_a_first_order_sampler_declared_weak_order_two_is_caught(vp):
     assert weak.status == "FAIL" and "declared 2, band [1.7, 2.5]" in weak.detail and "paired" in weak.detail
     assert 0.7 <= weak.value <= 1.3, weak.detail
     assert "local slopes" in str(e.value)
+
+
+def test_where_the_paired_curve_cannot_be_fitted_the_unpaired_one_gives_the_weak_order(vp):
+    """pc's Langevin corrector draws fresh noise, so its paired differences stay at the noise: the weak order is then
+    the unpaired curve's (E log p against exact draws), and the detail says why."""
+    noise = Curve("weak", (32, 64, 128, 256), (0.02, 0.01, 0.02, 0.03), (0.03, 0.03, 0.03, 0.03), 0.06,
+                  bias=(0.02, -0.01, 0.02, 0.03), samples=2000, fine=4096, jackknife=((0.02, -0.01, 0.02, 0.03),) * 20)
+    unpaired = Curve("weak", (20, 40, 80, 160), (0.8, 0.4, 0.2, 0.1), (0.003,) * 4, 0.009,
+                     bias=(-0.8, -0.4, -0.2, -0.1), samples=100_000)
+    out = {o.check: o for o in testing.check_solver("pc", vp.model, paths(vp, 8), curve=unpaired, weak_curve=noise,
+                                                     raise_on_failure=False)}
+    weak = out["weak order"]
+    assert weak.status == "pass" and abs(weak.value - 1.0) < 1e-9, weak.detail
+    assert weak.detail.startswith("weak order (paired with NFE 4096 on 2,000 Brownian paths) not measurable: fewer "
+                                  "than two usable NFE values, so unpaired: weak order (E log p, 100,000 samples) 1.00")
+    assert out["convergence"].status == "pass"
