@@ -34,8 +34,17 @@ from reference_models.registry import SCHEDULES, make_schedule, prediction_for
 from reference_models.threads import torch_threads
 from solvers import list_solvers, reference_solution
 from solvers.convergence import fit
-from solvers.curves import (PAIRED_FINE, REFERENCE_TOL, WEAK_NFES, Curve, error_curve, evaluations_per_step,
-                            paired_nfes, paired_weak_curve, pool)
+from solvers.curves import (
+    PAIRED_FINE,
+    REFERENCE_TOL,
+    WEAK_NFES,
+    Curve,
+    error_curve,
+    evaluations_per_step,
+    paired_nfes,
+    paired_weak_curve,
+    pool,
+)
 from solvers.outcomes import CheckFailed, Outcome, format_table
 from solvers.sample_checks import EQUAL_TOL
 from solvers.testing import MAX_SLOPE_SE, check_order, check_solver, slope_stderr
@@ -127,8 +136,8 @@ def paired_paths(budgets, fine: int) -> int:
 def _paired_curve(solver: str, model: str, schedule: str) -> Curve:
     """Paired weak curve of a stochastic solver: f = |x|^2 on the same Brownian path per sample, at the budgets and
     fine budget of its declared weak order and evaluations per step (curves.paired_nfes, PAIRED_FINE x the largest),
-    on paired_paths of them; where its order cannot be fitted or its standard error is not below MAX_SLOPE_SE, a second independent
-    set as large is drawn and pooled with the first."""
+    on paired_paths of them; where its order cannot be fitted or its standard error is not below MAX_SLOPE_SE, a
+    second independent set as large is drawn and pooled with the first."""
     (spec, options), rm = variant(solver), _problem(model, schedule)
     nfes = spec.budgets(paired_nfes(spec.declared_order(options), evaluations_per_step(spec, options)), options)
     fine = PAIRED_FINE * max(nfes)

@@ -173,7 +173,8 @@ def pool(a: Curve, b: Curve) -> Curve:
     notes = tuple("; ".join(filter(None, p)) for p in zip(a.notes, b.notes))
     if a.fine:
         stderr = [math.hypot(n * s, m * t) / (n + m) for s, t in zip(a.stderr, b.stderr)]
-        jackknife = tuple(tuple((n * x + m * y) / (n + m) for x, y in zip(p, q)) for p, q in zip(a.jackknife, b.jackknife))
+        jackknife = tuple(tuple((n * x + m * y) / (n + m) for x, y in zip(p, q))
+                          for p, q in zip(a.jackknife, b.jackknife))
         return paired_errors(a.nfes, bias, stderr, notes, n + m, a.fine, jackknife)
     own = [math.sqrt(n * n * max(s * s - ex * ex, 0.0) + m * m * max(t * t - ex * ex, 0.0)) / (n + m)
            for s, t in zip(a.stderr, b.stderr)]  # the samples' own standard errors, then the shared exact one

@@ -260,8 +260,8 @@ def _weak_or_order(solver: str, model: Model, x_T, paired: Outcome | None, curve
 
 def check_solver(solver: str, model: Model, x_T: torch.Tensor, *, reference=None, log_prob=None, exact=None,
                  nfes=None, curve: Curve | None = None, equal_to: str | None = None, equal_tol: float = EQUAL_TOL,
-                 seed: int = 0, raise_on_failure: bool = True, weak_f=None, weak_nfes=None, weak_fine: int | None = None,
-                 weak_curve: Curve | None = None, **options) -> list[Outcome]:
+                 seed: int = 0, raise_on_failure: bool = True, weak_f=None, weak_nfes=None,
+                 weak_fine: int | None = None, weak_curve: Curve | None = None, **options) -> list[Outcome]:
     """Every check of `bench check` on one model; CheckFailed with the table if any fails, else the outcomes.
 
     x_T (float64) feeds the error curve (a stochastic solver's weak error needs many samples, `log_prob` and
@@ -270,10 +270,11 @@ def check_solver(solver: str, model: Model, x_T: torch.Tensor, *, reference=None
 
     A stochastic solver's weak order: given `weak_f` (x -> one value per sample, e.g. |x|^2) or a paired curve
     `weak_curve`, it is check_weak_order's, fitted to paired differences E f(X_n) - E f(X_fine) on the same Brownian
-    path per sample from x_T (paired_weak_curve at `weak_nfes` with fine budget `weak_fine`, by default those of
-    curves.paired_nfes for the declared weak order), with a Monte-Carlo standard error below MAX_SLOPE_SE;
-    convergence stays on the unpaired error curve (|E log p - exact|: the samples end near the exact answer).
-    Without either, the weak order is fitted to that unpaired curve (check_order).
+    path per sample from x_T (paired_weak_curve at `weak_nfes` with fine budget `weak_fine`; by default
+    curves.paired_nfes of the declared weak order and the cost of a step, and PAIRED_FINE x the largest), with a
+    Monte-Carlo standard error below MAX_SLOPE_SE; where that curve cannot be fitted, the unpaired one's order.
+    Convergence stays on the unpaired error curve (|E log p - exact|: the samples end near the exact answer).
+    Without weak_f or weak_curve, the weak order is fitted to that unpaired curve (check_order).
     """
     spec = get_solver(solver)
     spec.resolve_options(options)
