@@ -2,12 +2,19 @@
 
 Runs the checks of `solvers.testing` in float64 on the exact Gaussian mixtures (gmm2d, gmm-digits) under
 every schedule a solver runs on, and prints one row per (solver, check), aggregated over models x
-schedules, with the measured numbers and the worst pair. Sample counts keep one solver under 2 minutes on
-2 CPU cores: path errors from few x_T; a stochastic solver's weak order on E log p from 100,000 2-D samples
-on gmm2d (a second 100,000 pooled in where the first do not resolve it), and only there: on gmm-digits
-log p (64-D) has a std of ~7 nats and would need ~10^6 samples per budget, so only convergence is checked
-there, from 1,000 samples. Torch runs on one thread: small tensors are faster so, and OpenMP threads slow
-down many-fold on a busy machine.
+schedules, with the measured numbers and the worst pair. Solvers are names or variants NAME:OPTION=VALUE
+(edm_sde:s_churn=10). Sample counts keep one solver near 2 minutes on 2 CPU cores: path errors from few x_T.
+A stochastic solver's weak order on gmm2d is fitted to paired differences E f(X_n) - E f(X_fine), f = |x|^2, on
+the same Brownian path per sample (solvers.testing.check_weak_order, standard error below 0.15): four doubling
+budgets from the declared weak order and the cost of a step (curves.paired_nfes: 8-64 steps for order 2, 32-256
+for order 1), fine = 16x the largest, on PAIRED_EVALUATIONS / (evaluations per path) paths (16,000 at NFE 8-64),
+a second set as large pooled in where the first does not resolve it. Where the paired curve cannot be fitted (pc's
+Langevin corrector draws fresh noise, so its paired differences do not shrink), the weak order falls back to
+|E log p - E_exact log p| from 100,000 unpaired samples (200,000 where needed). Convergence is held on that
+unpaired curve, always from 100,000 samples (from 20,000, dpmpp_2m_sde's bias at NFE 160 on VE came out 3.2
+standard errors from 0). On gmm-digits log p (64-D) has a std of ~7 nats, so only convergence is checked there,
+from 1,000 samples. Torch runs on one thread: small tensors are faster so, and OpenMP threads slow down many-fold
+on a busy machine.
 """
 from __future__ import annotations
 
@@ -25,13 +32,25 @@ import torch
 from reference_models import load
 from reference_models.registry import SCHEDULES, make_schedule, prediction_for
 from reference_models.threads import torch_threads
-from solvers import get_solver, list_solvers, reference_solution
-from solvers.curves import REFERENCE_TOL, WEAK_NFES, Curve, error_curve, pool
+from solvers import list_solvers, reference_solution
+from solvers.convergence import fit
+from solvers.curves import (
+    PAIRED_FINE,
+    REFERENCE_TOL,
+    WEAK_NFES,
+    Curve,
+    error_curve,
+    evaluations_per_step,
+    paired_nfes,
+    paired_weak_curve,
+    pool,
+)
 from solvers.outcomes import CheckFailed, Outcome, format_table
 from solvers.sample_checks import EQUAL_TOL
-from solvers.testing import check_order, check_solver
+from solvers.testing import MAX_SLOPE_SE, check_order, check_solver, slope_stderr
 
 from . import cli, plugins
+from .solver_variants import variant
 
 MODELS = ("gmm2d", "gmm-digits")
 DEFAULT_SCHEDULES = ("vp", "ve")  # flow on request: --schedules flow (models predict the velocity there)
@@ -39,6 +58,7 @@ SEED = 0
 PATH_SAMPLES = {"gmm2d": 64, "gmm-digits": 16}  # x_T of the path-error curves (and of the budget sweeps)
 WEAK_SAMPLES = {"gmm2d": 100_000, "gmm-digits": 1_000}  # stochastic solvers: samples per budget
 WEAK_CURVE_NFES = {"gmm2d": WEAK_NFES, "gmm-digits": (16, 64, 256)}
+PAIRED_EVALUATIONS = 16_000 * (8 + 16 + 32 + 64 + 1024)  # per paired weak curve, over its paths (paired_paths)
 WEAK_ORDER_MODELS = ("gmm2d",)  # where the weak order is fitted; elsewhere only convergence is checked
 EXACT_SAMPLES = {"gmm2d": 1_000_000, "gmm-digits": 20_000}  # exact draws for E log p_t_end
 NOT_RESOLVED = ("weak order measured on gmm2d only: on this 64-D model log p has std ~7 nats, too noisy to fit "
@@ -46,8 +66,9 @@ NOT_RESOLVED = ("weak order measured on gmm2d only: on this 64-D model log p has
 
 
 def add_check_arguments(parser) -> None:
-    parser.add_argument("--solvers", required=True, type=cli.names("solver", list_solvers, allow_all=True),
-                        help="comma-separated solver names, or all")
+    parser.add_argument("--solvers", required=True, type=cli.solver_names(list_solvers),
+                        help="comma-separated solver names or variants NAME:OPTION=VALUE[:...] (e.g. "
+                             "edm_sde:s_churn=10), or all")
     plugins.add_argument(parser)
     parser.add_argument("--models", type=cli.names("model", lambda: MODELS), default=",".join(MODELS),
                         help=f"exact models (default: {','.join(MODELS)})")
@@ -101,22 +122,57 @@ def _exact_logp(model: str, schedule: str) -> float:
     return float(rm.mixture.log_prob(x, rm.schedule, rm.schedule.default_t_end).mean())
 
 
-def _weak_curve(solver: str, model: str, schedule: str) -> tuple[torch.Tensor, Curve]:
-    """(x_T, weak-error curve) of a stochastic solver; where its order does not pass on WEAK_SAMPLES samples, a
+def square(x: torch.Tensor) -> torch.Tensor:
+    """|x|^2 per sample: the paired weak order's test function (far less noisy per path than log p at t_end)."""
+    return x.pow(2).flatten(1).sum(1)
+
+
+def paired_paths(budgets, fine: int) -> int:
+    """Brownian paths of a paired weak curve at `budgets` with fine budget `fine`: PAIRED_EVALUATIONS evaluations per
+    sample-curve in all (16,000 paths at NFE 8-64 and 1024, a declared weak order 2; 4,000 at 32-256 and 4096)."""
+    return PAIRED_EVALUATIONS // (sum(budgets) + fine)
+
+
+def _paired_curve(solver: str, model: str, schedule: str) -> Curve:
+    """Paired weak curve of a stochastic solver: f = |x|^2 on the same Brownian path per sample, at the budgets and
+    fine budget of its declared weak order and evaluations per step (curves.paired_nfes, PAIRED_FINE x the largest),
+    on paired_paths of them; where its order cannot be fitted or its standard error is not below MAX_SLOPE_SE, a
+    second independent set as large is drawn and pooled with the first."""
+    (spec, options), rm = variant(solver), _problem(model, schedule)
+    nfes = spec.budgets(paired_nfes(spec.declared_order(options), evaluations_per_step(spec, options)), options)
+    fine = PAIRED_FINE * max(nfes)
+    curves = []
+    for seed in (SEED + 2, SEED + 3):
+        x_T = rm.schedule.prior_sample((paired_paths(nfes, fine), *rm.shape), torch.Generator().manual_seed(10 * seed),
+                                       dtype=torch.float64)
+        curves.append(paired_weak_curve(spec.name, rm.model, x_T, nfes, f=square, fine=fine, seed=10 * seed + 1,
+                                        **options))
+        curve = curves[0] if len(curves) == 1 else pool(*curves)
+        if fit(curve.nfes, curve.errors, curve.floor).ok and slope_stderr(curve) < MAX_SLOPE_SE:
+            break
+    return curve
+
+
+def _weak_curve(solver: str, model: str, schedule: str, paired: Curve | None) -> tuple[torch.Tensor, Curve]:
+    """(x_T, weak-error curve of E log p against exact draws, WEAK_SAMPLES samples) of a stochastic solver: its
+    convergence, and its weak order where the paired curve cannot be fitted; where that order does not pass, a
     second independent set as large is drawn and pooled with the first (noise, not the solver, may be at fault)."""
-    rm = _problem(model, schedule)
+    (spec, options), rm = variant(solver), _problem(model, schedule)
     sched, t_end = rm.schedule, rm.schedule.default_t_end
-    kw = {"log_prob": lambda x: rm.mixture.log_prob(x, sched, t_end), "exact": _exact_logp(model, schedule)}
+    kw = {"log_prob": lambda x: rm.mixture.log_prob(x, sched, t_end), "exact": _exact_logp(model, schedule),
+          **options}
+    only_convergence = model not in WEAK_ORDER_MODELS or (paired is not None and
+                                                          fit(paired.nfes, paired.errors, paired.floor).ok)
     curves = []
     for seed in (SEED, SEED + 1):
         x_T = sched.prior_sample((WEAK_SAMPLES[model], *rm.shape), torch.Generator().manual_seed(10 * seed),
                                  dtype=torch.float64)
-        curves.append(error_curve(solver, rm.model, x_T, WEAK_CURVE_NFES[model], seed=10 * seed + 1, **kw))
+        curves.append(error_curve(spec.name, rm.model, x_T, WEAK_CURVE_NFES[model], seed=10 * seed + 1, **kw))
         curve = curves[0] if len(curves) == 1 else pool(*curves)
-        if model not in WEAK_ORDER_MODELS:
+        if only_convergence:
             break
         try:
-            check_order(solver, rm.model, x_T, curve=curve)
+            check_order(spec.name, rm.model, x_T, curve=curve, **options)
             break
         except CheckFailed:
             continue
@@ -125,27 +181,29 @@ def _weak_curve(solver: str, model: str, schedule: str) -> tuple[torch.Tensor, C
 
 def check_pair(solver: str, model: str, schedule: str, equal_to=None, equal_tol=EQUAL_TOL) -> list[Outcome]:
     """Every check of `solver` on one exact model under one schedule, each outcome tagged with model/schedule."""
-    rm, spec = _problem(model, schedule), get_solver(solver)
+    rm, (spec, options) = _problem(model, schedule), variant(solver)
     where = f"{model}/{schedule}"
-    kw = {"equal_to": equal_to, "equal_tol": equal_tol, "seed": SEED, "raise_on_failure": False}
+    kw = {"equal_to": equal_to, "equal_tol": equal_tol, "seed": SEED, "raise_on_failure": False, **options}
     try:
-        if spec.stochastic():
-            x_T, kw["curve"] = _weak_curve(solver, model, schedule)
+        if spec.stochastic(options):
+            kw["weak_curve"] = _paired_curve(solver, model, schedule) if model in WEAK_ORDER_MODELS else None
+            x_T, kw["curve"] = _weak_curve(solver, model, schedule, kw["weak_curve"])
         else:
             x_T, kw["reference"] = _path_inputs(model, schedule)
-        out = check_solver(solver, rm.model, x_T, **kw)
+        out = check_solver(spec.name, rm.model, x_T, **kw)
     except (ValueError, RuntimeError) as e:  # e.g. an adaptive solver without rtol/atol
         out = [Outcome(solver, "checks", "FAIL", f"could not run: {type(e).__name__}: {e}")]
-    if spec.stochastic() and model not in WEAK_ORDER_MODELS:
+    if spec.stochastic(options) and model not in WEAK_ORDER_MODELS:
         out = [Outcome(solver, o.check, "n/a", NOT_RESOLVED) if o.check == "weak order" else o for o in out]
-    return [replace(o, where=where) for o in out]
+    return [replace(o, solver=solver, where=where) for o in out]
 
 
 def _worst(outcomes: list[Outcome]) -> Outcome:
     """The outcome to show: the farthest order from its declaration, the largest difference, else the first."""
     first = outcomes[0]
     if first.check in ("order", "weak order"):
-        declared = get_solver(first.solver).order
+        spec, options = variant(first.solver)
+        declared = spec.declared_order(options)
         return max(outcomes, key=lambda o: math.inf if math.isnan(o.value) else abs(o.value - declared))
     if first.check.startswith("equal to") or first.check in ("batch independence", "convergence"):
         return max(outcomes, key=lambda o: math.inf if math.isnan(o.value) else o.value)
@@ -206,7 +264,7 @@ def _main(args) -> int:
         return 2
     rows, records, failed_parts, timings = [], [], [], {}
     for name in args.solvers:
-        spec, start, parts = get_solver(name), time.perf_counter(), []
+        (spec, _), start, parts = variant(name), time.perf_counter(), []
         schedules = [s for s in args.schedules if _runs_on(spec, s)]
         pairs = [(m, s) for m in args.models for s in schedules]
         for i, (model, schedule) in enumerate(pairs, 1):

@@ -30,10 +30,24 @@ WEAK_FLOOR_SE = 3.0  # weak errors within this many standard errors of 0 are noi
 STRONG_STEPS = 4096  # Euler-Maruyama steps of the strong error's reference, on the same Brownian paths
 STRONG_NFES = (16, 32, 64, 128, 256)  # strong error: budgets well below STRONG_STEPS
 STRONG_FLOOR = 2.0  # strong errors within this factor of the reference's estimated RMSE are not fitted
-PAIRED_FINE = 32  # paired weak error: the reference is the same solver at this many times the largest budget
+PAIRED_FINE = 16  # paired weak error: the reference is the same solver at this many times the largest budget
 PAIRED_FLOOR_SE = 2.0  # paired weak errors within this many of their standard errors of 0 are not fitted
 PAIRED_DEPTH = 24  # Brownian tree depth of a paired curve: the fine reference's steps stay wider than a leaf
 JACKKNIFE_GROUPS = 20  # paired weak error: groups of samples left out in turn (the slope's Monte-Carlo error)
+
+
+def paired_nfes(order: float, per_step: int = 1) -> tuple[int, ...]:
+    """Default budgets of a paired weak curve for declared weak order p and `per_step` evaluations per step: four
+    doublings from 2^(7 - 2p) steps (rounded to a power of 2, at least 2): 32-256 steps for p = 1, 8-64 for p = 2.
+    A higher order reaches its asymptotic range in fewer steps, and its bias falls into the Monte-Carlo noise sooner
+    (gmm2d: euler_maruyama 1.04 over 32-256, dpmpp_2m_sde 2.4 over 8-64, heun-based samplers near 2 from 16 steps)."""
+    low = 2 ** max(1, round(7 - 2 * float(order)))
+    return tuple(low * 2 ** k * per_step for k in range(4))
+
+
+def evaluations_per_step(spec, options: dict) -> int:
+    """Evaluations a step of `spec` costs (solvers with a steps_for_nfe rule: as spent at a budget of 64)."""
+    return spec.evaluations_per_step(options) or max(1, round(64 / spec.steps(64, options)))
 
 
 def g(v: float) -> str:
@@ -149,21 +163,29 @@ def weak_errors(budgets: tuple, bias, stderr, notes: tuple, samples: int, exact_
 
 
 def pool(a: Curve, b: Curve) -> Curve:
-    """Two weak curves at the same budgets from independent samples (same exact value) as one, from all samples."""
-    if a.kind != "weak" or b.kind != "weak" or a.nfes != b.nfes or a.exact_se != b.exact_se:
-        raise ValueError("pool takes two weak-error curves at the same budgets against the same exact value")
+    """Two weak curves at the same budgets from independent samples (same exact value, or paired with the same fine
+    budget) as one, from all samples; a paired curve's left-out-group biases are pooled group by group."""
+    if a.kind != "weak" or b.kind != "weak" or a.nfes != b.nfes or a.exact_se != b.exact_se or a.fine != b.fine:
+        raise ValueError("pool takes two weak-error curves at the same budgets against the same exact value "
+                         "(paired: the same fine budget)")
     n, m, ex = a.samples, b.samples, a.exact_se
     bias = [(n * x + m * y) / (n + m) for x, y in zip(a.bias, b.bias)]
+    notes = tuple("; ".join(filter(None, p)) for p in zip(a.notes, b.notes))
+    if a.fine:
+        stderr = [math.hypot(n * s, m * t) / (n + m) for s, t in zip(a.stderr, b.stderr)]
+        jackknife = tuple(tuple((n * x + m * y) / (n + m) for x, y in zip(p, q))
+                          for p, q in zip(a.jackknife, b.jackknife))
+        return paired_errors(a.nfes, bias, stderr, notes, n + m, a.fine, jackknife)
     own = [math.sqrt(n * n * max(s * s - ex * ex, 0.0) + m * m * max(t * t - ex * ex, 0.0)) / (n + m)
            for s, t in zip(a.stderr, b.stderr)]  # the samples' own standard errors, then the shared exact one
-    notes = tuple("; ".join(filter(None, p)) for p in zip(a.notes, b.notes))
     return weak_errors(a.nfes, bias, [math.hypot(o, ex) for o in own], notes, n + m, ex)
 
 
 def paired_weak_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, f, fine: int | None = None,
                       seed: int = 0, t_start=None, t_end=None, timesteps=None, depth: int = PAIRED_DEPTH,
                       **options) -> Curve:
-    """Weak error E f(X_n) - E f(X_fine) at each budget n of `nfes`, as the mean of paired differences on the same
+    """Weak error E f(X_n) - E f(X_fine) at each budget n of `nfes` (default `paired_nfes` of the declared weak
+    order and the solver's evaluations per step), as the mean of paired differences on the same
     Brownian path per sample (seeds `path_seeds(seed, len(x_T))`) from the same x_T, X_fine the same solver at
     `fine` NFE (default PAIRED_FINE x the largest budget): a control variate, whose standard error is the std of the
     differences / sqrt(N), not that of f.
@@ -177,9 +199,11 @@ def paired_weak_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *
     if not spec.stochastic(options):
         raise ValueError(f"solver {solver!r} draws no noise: use error_curve (RMSE against the ODE reference)")
     t_start, t_end = ends(model, t_start, t_end, timesteps)
-    budgets = spec.budgets(WEAK_NFES if nfes is None else nfes, options)
+    nfes = paired_nfes(spec.declared_order(options), evaluations_per_step(spec, options)) if nfes is None else (
+        tuple(nfes))
+    budgets = spec.budgets(nfes, options)
     if not budgets:
-        raise ValueError(f"solver {solver!r} accepts none of the budgets {tuple(nfes or WEAK_NFES)}")
+        raise ValueError(f"solver {solver!r} accepts none of the budgets {nfes}")
     fine = PAIRED_FINE * max(budgets) if fine is None else fine
     if fine not in spec.budgets([fine], options) or fine <= max(budgets):
         raise ValueError(f"the fine budget {fine} must be a budget of {solver!r} above the largest, {max(budgets)}")
@@ -204,10 +228,16 @@ def paired_weak_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *
             b, se, note = math.nan, math.nan, problem(e)
             left_out.append([math.nan] * JACKKNIFE_GROUPS)
         bias.append(b if math.isfinite(b) else math.nan), stderr.append(se), notes.append(note)
+    return paired_errors(tuple(budgets), bias, stderr, tuple(notes), len(x_T), fine, tuple(zip(*left_out)))
+
+
+def paired_errors(budgets: tuple, bias, stderr, notes: tuple, samples: int, fine: int, jackknife: tuple) -> Curve:
+    """The paired weak curve of signed biases against the same solver at `fine`, with their standard errors and
+    left-out-group biases (floor: PAIRED_FLOOR_SE x the largest standard error of the points within that many of
+    them of 0)."""
     noise = [s for b, s in zip(bias, stderr) if math.isfinite(b) and abs(b) <= PAIRED_FLOOR_SE * s]
-    return Curve("weak", tuple(budgets), tuple(abs(b) for b in bias), tuple(stderr),
-                 PAIRED_FLOOR_SE * max(noise, default=0.0), 1.0, (), tuple(notes), tuple(bias), len(x_T), 0.0, fine,
-                 tuple(zip(*left_out)))
+    return Curve("weak", budgets, tuple(abs(b) for b in bias), tuple(stderr), PAIRED_FLOOR_SE * max(noise, default=0.0),
+                 1.0, (), notes, tuple(bias), samples, 0.0, fine, jackknife)
 
 
 def strong_error_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, seed: int = 0, t_start=None,

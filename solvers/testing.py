@@ -10,6 +10,7 @@ Evaluations are counted from the model's calls; orders are fitted by the one rul
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -244,34 +245,58 @@ def _outcome(check, *args, **kw) -> Outcome:
         return e.outcome
 
 
+def _weak_or_order(solver: str, model: Model, x_T, paired: Outcome | None, curve: Curve, options: dict) -> Outcome:
+    """The paired weak order where its curve could be fitted; else the order (weak: on E log p) of the unpaired
+    `curve`, its detail prefixed with why the paired one was not used (e.g. pc's Langevin corrector draws fresh noise,
+    not the path's increments, so its paired differences do not shrink)."""
+    if paired is not None and (paired.data.get("fit") is None or paired.data["fit"].ok):
+        return paired
+    out = _outcome(check_order, solver, model, x_T, curve=curve, **options)
+    if paired is None:
+        return out
+    return replace(out, detail=f"{paired.detail.split(';')[0]}, so unpaired: {out.detail}",
+                   table=f"{paired.table}\n{out.table}")
+
+
 def check_solver(solver: str, model: Model, x_T: torch.Tensor, *, reference=None, log_prob=None, exact=None,
                  nfes=None, curve: Curve | None = None, equal_to: str | None = None, equal_tol: float = EQUAL_TOL,
-                 seed: int = 0, raise_on_failure: bool = True, **options) -> list[Outcome]:
+                 seed: int = 0, raise_on_failure: bool = True, weak_f=None, weak_nfes=None,
+                 weak_fine: int | None = None, weak_curve: Curve | None = None, **options) -> list[Outcome]:
     """Every check of `bench check` on one model; CheckFailed with the table if any fails, else the outcomes.
 
     x_T (float64) feeds the error curve (a stochastic solver's weak error needs many samples, `log_prob` and
     `exact`: see error_curve), unless `curve` is given; budget sweeps use its first 2 samples, batch
     independence and determinism its first 8.
+
+    A stochastic solver's weak order: given `weak_f` (x -> one value per sample, e.g. |x|^2) or a paired curve
+    `weak_curve`, it is check_weak_order's, fitted to paired differences E f(X_n) - E f(X_fine) on the same Brownian
+    path per sample from x_T (paired_weak_curve at `weak_nfes` with fine budget `weak_fine`; by default
+    curves.paired_nfes of the declared weak order and the cost of a step, and PAIRED_FINE x the largest), with a
+    Monte-Carlo standard error below MAX_SLOPE_SE; where that curve cannot be fitted, the unpaired one's order.
+    Convergence stays on the unpaired error curve (|E log p - exact|: the samples end near the exact answer).
+    Without weak_f or weak_curve, the weak order is fitted to that unpaired curve (check_order).
     """
     spec = get_solver(solver)
     spec.resolve_options(options)
     stochastic = spec.stochastic(options)
+    paired = None
+    if stochastic and (weak_f is not None or weak_curve is not None):
+        paired = _outcome(check_weak_order, solver, model, x_T, weak_nfes, f=weak_f, curve=weak_curve,
+                          fine=weak_fine, seed=seed, **options)
     out = []
-    if curve is not None:
-        out.append(_outcome(check_order, solver, model, x_T, curve=curve, **options))
-    elif stochastic and (log_prob is None or exact is None):
+    if curve is None and stochastic and (log_prob is None or exact is None):
         why = "needs log_prob and exact (the exact log density and its expectation) for the weak error"
-        out += [Outcome(solver, "weak order", "n/a", why), Outcome(solver, "convergence", "n/a", why)]
-        curve = None
+        out += [paired or Outcome(solver, "weak order", "n/a", why), Outcome(solver, "convergence", "n/a", why)]
     else:
         try:
-            curve = error_curve(solver, model, x_T, nfes, reference=reference, log_prob=log_prob, exact=exact,
-                                seed=seed, **options)
-            out.append(_outcome(check_order, solver, model, x_T, curve=curve, **options))
+            curve = curve or error_curve(solver, model, x_T, nfes, reference=reference, log_prob=log_prob,
+                                         exact=exact, seed=seed, **options)
+            out.append(_weak_or_order(solver, model, x_T, paired, curve, options))
         except ValueError as e:  # e.g. an adaptive solver without rtol/atol to tighten
             status, why = "n/a" if spec.adaptive else "FAIL", f"could not measure: {e}"
-            out += [Outcome(solver, "weak order" if stochastic else "order", status, why),
+            out += [paired or Outcome(solver, "weak order" if stochastic else "order", status, why),
                     Outcome(solver, "convergence", status, why)]
+            curve = None
     if spec.kind == "sde":
         out.append(_outcome(check_strong_order, solver, model, x_T[:STRONG_SAMPLES], seed=seed, **options))
     sweep = None if spec.adaptive else sweep_budgets(solver, model, x_T[:2], seed=seed, **options)
