@@ -261,12 +261,13 @@ def _weak_or_order(solver: str, model: Model, x_T, paired: Outcome | None, curve
 def check_solver(solver: str, model: Model, x_T: torch.Tensor, *, reference=None, log_prob=None, exact=None,
                  nfes=None, curve: Curve | None = None, equal_to: str | None = None, equal_tol: float = EQUAL_TOL,
                  seed: int = 0, raise_on_failure: bool = True, weak_f=None, weak_nfes=None,
-                 weak_fine: int | None = None, weak_curve: Curve | None = None, **options) -> list[Outcome]:
+                 weak_fine: int | None = None, weak_curve: Curve | None = None, strong_samples: int = STRONG_SAMPLES,
+                 **options) -> list[Outcome]:
     """Every check of `bench check` on one model; CheckFailed with the table if any fails, else the outcomes.
 
     x_T (float64) feeds the error curve (a stochastic solver's weak error needs many samples, `log_prob` and
     `exact`: see error_curve), unless `curve` is given; budget sweeps use its first 2 samples, batch
-    independence and determinism its first 8.
+    independence and determinism its first 8, the strong order (a solver declaring one) its first `strong_samples`.
 
     A stochastic solver's weak order: given `weak_f` (x -> one value per sample, e.g. |x|^2) or a paired curve
     `weak_curve`, it is check_weak_order's, fitted to paired differences E f(X_n) - E f(X_fine) on the same Brownian
@@ -298,7 +299,7 @@ def check_solver(solver: str, model: Model, x_T: torch.Tensor, *, reference=None
                     Outcome(solver, "convergence", status, why)]
             curve = None
     if spec.kind == "sde":
-        out.append(_outcome(check_strong_order, solver, model, x_T[:STRONG_SAMPLES], seed=seed, **options))
+        out.append(_outcome(check_strong_order, solver, model, x_T[:strong_samples], seed=seed, **options))
     sweep = None if spec.adaptive else sweep_budgets(solver, model, x_T[:2], seed=seed, **options)
     out.append(_outcome(check_exact_nfe, solver, model, x_T[:2], sweep=sweep, **options))
     out.append(_outcome(check_finite, solver, model, x_T[:2], sweep=sweep, **options))
