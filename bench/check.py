@@ -40,8 +40,7 @@ from solvers.curves import (
     WEAK_NFES,
     Curve,
     error_curve,
-    evaluations_per_step,
-    paired_nfes,
+    default_paired_nfes,
     paired_weak_curve,
     pool,
 )
@@ -136,12 +135,12 @@ def paired_paths(budgets, fine: int) -> int:
 
 
 def _paired_curve(solver: str, model: str, schedule: str) -> Curve:
-    """Paired weak curve of a stochastic solver: f = |x|^2 on the same Brownian path per sample, at the budgets and
-    fine budget of its declared weak order and evaluations per step (curves.paired_nfes, PAIRED_FINE x the largest),
+    """Paired weak curve of a stochastic solver: f = |x|^2 on the same Brownian path per sample, at the budgets of
+    its declared weak order and evaluations per step (curves.default_paired_nfes), fine PAIRED_FINE x the largest,
     on paired_paths of them; where its order cannot be fitted or its standard error is not below MAX_SLOPE_SE, a
     second independent set as large is drawn and pooled with the first."""
     (spec, options), rm = variant(solver), _problem(model, schedule)
-    nfes = spec.budgets(paired_nfes(spec.declared_order(options), evaluations_per_step(spec, options)), options)
+    nfes = default_paired_nfes(spec, options)
     fine = PAIRED_FINE * max(nfes)
     curves = []
     for seed in (SEED + 2, SEED + 3):

@@ -45,9 +45,11 @@ def paired_nfes(order: float, per_step: int = 1) -> tuple[int, ...]:
     return tuple(low * 2 ** k * per_step for k in range(4))
 
 
-def evaluations_per_step(spec, options: dict) -> int:
-    """Evaluations a step of `spec` costs (solvers with a steps_for_nfe rule: as spent at a budget of 64)."""
-    return spec.evaluations_per_step(options) or max(1, round(64 / spec.steps(64, options)))
+def default_paired_nfes(spec, options: dict) -> tuple[int, ...]:
+    """`paired_nfes` of `spec`'s declared weak order and the evaluations a step costs (solvers with a steps_for_nfe
+    rule: as spent at a budget of 64), that spec accepts: a paired curve's budgets unless given."""
+    per_step = spec.evaluations_per_step(options) or max(1, round(64 / spec.steps(64, options)))
+    return tuple(spec.budgets(paired_nfes(spec.declared_order(options), per_step), options))
 
 
 def g(v: float) -> str:
@@ -184,8 +186,8 @@ def pool(a: Curve, b: Curve) -> Curve:
 def paired_weak_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *, f, fine: int | None = None,
                       seed: int = 0, t_start=None, t_end=None, timesteps=None, depth: int = PAIRED_DEPTH,
                       **options) -> Curve:
-    """Weak error E f(X_n) - E f(X_fine) at each budget n of `nfes` (default `paired_nfes` of the declared weak
-    order and the solver's evaluations per step), as the mean of paired differences on the same
+    """Weak error E f(X_n) - E f(X_fine) at each budget n of `nfes` (default: `default_paired_nfes`, from the
+    declared weak order and the solver's evaluations per step), as the mean of paired differences on the same
     Brownian path per sample (seeds `path_seeds(seed, len(x_T))`) from the same x_T, X_fine the same solver at
     `fine` NFE (default PAIRED_FINE x the largest budget): a control variate, whose standard error is the std of the
     differences / sqrt(N), not that of f.
@@ -199,8 +201,7 @@ def paired_weak_curve(solver: str, model: Model, x_T: torch.Tensor, nfes=None, *
     if not spec.stochastic(options):
         raise ValueError(f"solver {solver!r} draws no noise: use error_curve (RMSE against the ODE reference)")
     t_start, t_end = ends(model, t_start, t_end, timesteps)
-    nfes = paired_nfes(spec.declared_order(options), evaluations_per_step(spec, options)) if nfes is None else (
-        tuple(nfes))
+    nfes = default_paired_nfes(spec, options) if nfes is None else tuple(nfes)
     budgets = spec.budgets(nfes, options)
     if not budgets:
         raise ValueError(f"solver {solver!r} accepts none of the budgets {nfes}")
